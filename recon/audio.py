@@ -1,0 +1,202 @@
+"""The AudioLDM2 audio front-end: loading, normalisation and the log-mel the VAE was trained on.
+
+Everything in recon that turns audio into model input goes through this module, so training,
+inference and metrics all see exactly the same features. The values follow the ``audioldm2``
+package (``utilities/audio/stft.py``, ``utilities/audio/tools.py``, ``utils.read_wav_file``):
+
+* 16 kHz mono; waveform normalised as ``0.5 * (x - mean) / max|x - mean|``, padded or cropped to
+  10.24 s, then peak-normalised to 0.5 again;
+* magnitude STFT, n_fft 1024, hop 160, periodic Hann window of 1024, centred with reflect
+  padding; 163 840 samples give 1025 frames and the last one is dropped (1024 frames);
+* librosa's slaney mel filterbank (64 bins, 0-8000 Hz) applied to the magnitude;
+* ``log(clamp(mel, min=1e-5))``, laid out ``[B, 1, time, mel]``.
+
+Two deliberate differences from the ``audioldm2`` loader, both documented in the README:
+long files are cropped *before* the first normalisation (AudioLDM2 takes its statistics from the
+whole file), and both normalisations carry an epsilon so silence gives the log floor, not NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import librosa
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torch import Tensor, nn
+
+Mixdown = Literal["mean", "first"]
+
+# Guards the two peak normalisations against division by zero on silent input.
+NORMALISE_EPS = 1e-8
+# AudioLDM2's log floor: log(clamp(mel, min=1e-5)).
+LOG_MEL_FLOOR = 1e-5
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """Signal parameters of the AudioLDM2 VAE and vocoder."""
+
+    sample_rate: int = 16000
+    duration: float = 10.24
+    n_fft: int = 1024
+    hop_length: int = 160
+    win_length: int = 1024
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float = 8000.0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in one segment (163 840 for 10.24 s)."""
+        return int(round(self.duration * self.sample_rate))
+
+    @property
+    def num_frames(self) -> int:
+        """Log-mel frames of one segment (1024 for 10.24 s)."""
+        return self.num_samples // self.hop_length
+
+
+class AudioLoadError(ValueError):
+    """An input file that cannot be turned into model input; the message names file and reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _read_file(path: Path, start_seconds: float = 0.0, seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Read ``[channels, samples]`` float32 from a file, with soundfile, else librosa (mp3/m4a/...)."""
+    if not path.is_file():
+        raise AudioLoadError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise AudioLoadError(path, "empty file")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        info = None
+    if info is not None:
+        start = int(round(start_seconds * info.samplerate))
+        stop = None if seconds is None else start + int(math.ceil(seconds * info.samplerate))
+        try:
+            data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioLoadError(path, f"unreadable audio ({err})") from err
+        return data.T, sr
+    # soundfile does not know the container: librosa (audioread/ffmpeg) may.
+    try:
+        data, sr = librosa.load(str(path), sr=None, mono=False, offset=start_seconds, duration=seconds)
+    except Exception as err:  # librosa surfaces many backend-specific error types
+        raise AudioLoadError(path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+    data = np.atleast_2d(data).astype(np.float32)
+    return data, int(sr)
+
+
+def _to_mono_16k(data: np.ndarray, sr: int, spec: AudioSpec, mixdown: Mixdown, path: Path) -> Tensor:
+    if data.size == 0:
+        raise AudioLoadError(path, "no audio samples")
+    if not np.isfinite(data).all():
+        raise AudioLoadError(path, "contains NaN or infinite samples")
+    mono = data.mean(axis=0) if mixdown == "mean" else data[0]
+    wav = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    if sr != spec.sample_rate:
+        # AudioLDM2 resamples with torchaudio's defaults (windowed sinc, width 6, rolloff 0.99);
+        # other resamplers measurably move the empty top band of the log-mel.
+        wav = AF.resample(wav, orig_freq=sr, new_freq=spec.sample_rate)
+    return wav
+
+
+def normalise(wav: Tensor) -> Tensor:
+    """AudioLDM2's ``normalize_wav``: remove the mean, peak-normalise to 0.5 (epsilon: no NaN on silence)."""
+    wav = wav - wav.mean(dim=-1, keepdim=True)
+    return 0.5 * wav / (wav.abs().amax(dim=-1, keepdim=True) + NORMALISE_EPS)
+
+
+def fit_length(wav: Tensor, num_samples: int) -> Tensor:
+    """Crop or zero-pad the last axis to ``num_samples``."""
+    if wav.shape[-1] >= num_samples:
+        return wav[..., :num_samples]
+    return nn.functional.pad(wav, (0, num_samples - wav.shape[-1]))
+
+
+def prepare_segment(wav: Tensor, spec: AudioSpec = AudioSpec()) -> Tensor:
+    """Raw 16 kHz mono ``[..., samples]`` -> model-ready segment of exactly ``spec.num_samples``.
+
+    Crop first (statistics from the segment, not the whole file), normalise, pad, peak-normalise.
+    """
+    wav = normalise(wav[..., : spec.num_samples])
+    wav = fit_length(wav, spec.num_samples)
+    return 0.5 * wav / (wav.abs().amax(dim=-1, keepdim=True) + NORMALISE_EPS)
+
+
+def load_audio(
+    path: str | Path,
+    spec: AudioSpec = AudioSpec(),
+    *,
+    mixdown: Mixdown = "mean",
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> Tensor:
+    """Read a file as raw (not normalised) 16 kHz mono ``[samples]``, without cropping by default.
+
+    ``mixdown="mean"`` averages the channels; ``"first"`` keeps channel 0 as AudioLDM2 does.
+    Raises :class:`AudioLoadError` naming the file for empty, unreadable or non-finite input.
+    """
+    path = Path(path)
+    data, sr = _read_file(path, offset, duration)
+    return _to_mono_16k(data, sr, spec, mixdown, path)
+
+
+def load_waveform(path: str | Path, spec: AudioSpec = AudioSpec(), *, mixdown: Mixdown = "mean", offset: float = 0.0) -> Tensor:
+    """Load one model-ready segment ``[1, spec.num_samples]`` starting at ``offset`` seconds."""
+    raw = load_audio(path, spec, mixdown=mixdown, offset=offset, duration=spec.duration)
+    return prepare_segment(raw, spec).unsqueeze(0)
+
+
+def split_segments(wav: Tensor, spec: AudioSpec = AudioSpec()) -> Tensor:
+    """Cut a long ``[samples]`` waveform into ``[n, spec.num_samples]`` segments, zero-padding the last."""
+    n = max(1, math.ceil(wav.shape[-1] / spec.num_samples))
+    return fit_length(wav, n * spec.num_samples).reshape(n, spec.num_samples)
+
+
+class MelFrontEnd(nn.Module):
+    """Batched AudioLDM2 log-mel: ``wav [B, samples] -> logmel [B, 1, frames, n_mels]``.
+
+    ``frames = samples // hop`` (1024 for 10.24 s): the centred STFT yields one frame more and
+    AudioLDM2 drops it. The window and filterbank are buffers, so ``.to(device)`` moves them.
+    """
+
+    def __init__(self, spec: AudioSpec = AudioSpec()):
+        super().__init__()
+        self.spec = spec
+        mel = librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, fmin=spec.fmin, fmax=spec.fmax)
+        self.register_buffer("mel_basis", torch.from_numpy(mel).float(), persistent=False)
+        self.register_buffer("window", torch.hann_window(spec.win_length, periodic=True), persistent=False)
+
+    def magnitude(self, wav: Tensor) -> Tensor:
+        """Magnitude STFT ``[B, n_fft // 2 + 1, frames]`` with the trailing frame dropped."""
+        stft = torch.stft(
+            wav.float(),
+            n_fft=self.spec.n_fft,
+            hop_length=self.spec.hop_length,
+            win_length=self.spec.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        return stft.abs()[..., : wav.shape[-1] // self.spec.hop_length]
+
+    def forward(self, wav: Tensor) -> Tensor:
+        if wav.dim() != 2:
+            raise ValueError(f"MelFrontEnd expects [batch, samples], got shape {tuple(wav.shape)}")
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            mel = self.mel_basis @ self.magnitude(wav)
+            logmel = torch.log(torch.clamp(mel, min=LOG_MEL_FLOOR))
+        return logmel.transpose(1, 2).unsqueeze(1)

@@ -1,0 +1,191 @@
+"""Audio folders as datasets of fixed-length segments, and the Lightning DataModule over them."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .audio import AudioLoadError, AudioSpec, load_waveform
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".m4a")
+
+
+def find_audio_files(root: str | Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Audio files under ``root`` (recursive), or ``[root]`` for a single file, in a deterministic order."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such file or folder: {root}")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+
+
+def audio_duration(path: Path) -> float:
+    """Duration in seconds from the header (soundfile), decoding only when the header cannot tell."""
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate
+    except (sf.LibsndfileError, RuntimeError):
+        import librosa
+
+        try:
+            return float(librosa.get_duration(path=str(path)))
+        except Exception as err:  # librosa raises backend-specific types
+            raise AudioLoadError(path, f"not a readable audio file ({type(err).__name__})") from err
+
+
+@dataclass(frozen=True)
+class Segment:
+    path: Path
+    relpath: str
+    index: int
+    offset: float
+
+
+@dataclass(frozen=True)
+class Rejected:
+    path: Path
+    reason: str
+
+
+class AudioFolder(Dataset):
+    """Every ``spec.duration`` segment of every audio file under ``root``.
+
+    A file of duration d gives ``ceil(d / spec.duration)`` segments, the last zero-padded, but a
+    trailing piece shorter than ``min_duration`` is dropped (unless it is the whole file). Files
+    shorter than ``min_duration`` or unreadable are listed in :attr:`rejected` with the reason.
+    Items: ``{"wav": [samples], "index": int, "path": str, "segment": int}``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        spec: AudioSpec = AudioSpec(),
+        *,
+        files: list[Path] | None = None,
+        min_duration: float = 1.0,
+        max_segments_per_file: int | None = None,
+    ):
+        if root is None and files is None:
+            raise ValueError("give a root folder, a list of files, or both (root then names files relatively)")
+        self.root = Path(root) if root is not None else None
+        self.spec = spec
+        self.min_duration = min_duration
+        self.segments: list[Segment] = []
+        self.rejected: list[Rejected] = []
+        paths = find_audio_files(root) if files is None else list(files)
+        for path in paths:
+            self._add_file(path, max_segments_per_file)
+        for item in self.rejected:
+            log.warning("skipping %s: %s", item.path, item.reason)
+
+    def _relpath(self, path: Path) -> str:
+        if self.root is not None and self.root.is_dir():
+            return path.relative_to(self.root).as_posix()
+        return path.name
+
+    def _add_file(self, path: Path, max_segments: int | None) -> None:
+        try:
+            duration = audio_duration(path)
+        except AudioLoadError as err:
+            self.rejected.append(Rejected(path, err.reason))
+            return
+        if duration < self.min_duration:
+            self.rejected.append(Rejected(path, f"too short: {duration:.3f} s < min_duration {self.min_duration} s"))
+            return
+        seg = self.spec.duration
+        count = max(1, math.ceil(duration / seg))
+        if count > 1 and duration - (count - 1) * seg < self.min_duration:
+            count -= 1
+        if max_segments is not None:
+            count = min(count, max_segments)
+        rel = self._relpath(path)
+        self.segments.extend(Segment(path, rel, i, i * seg) for i in range(count))
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, index: int) -> dict:
+        seg = self.segments[index]
+        wav = load_waveform(seg.path, self.spec, offset=seg.offset)[0]
+        return {"wav": wav, "index": index, "path": seg.relpath, "segment": seg.index}
+
+
+def split_files(files: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Split by file (never by segment, so no file leaks across), deterministic in ``seed``."""
+    if not files:
+        return [], []
+    shuffled = list(files)
+    random.Random(seed).shuffle(shuffled)
+    n_val = int(round(len(files) * val_fraction))
+    if val_fraction > 0 and len(files) > 1:
+        n_val = min(max(n_val, 1), len(files) - 1)
+    val = set(shuffled[:n_val])
+    return [f for f in files if f not in val], [f for f in files if f in val]
+
+
+class AudioDataModule(L.LightningDataModule):
+    """Train/validation segments of one audio folder, split by file."""
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 4,
+        val_fraction: float = 0.1,
+        num_workers: int = 0,
+        min_duration: float = 1.0,
+        max_segments_per_file: int | None = None,
+        seed: int = 0,
+        spec: AudioSpec = AudioSpec(),
+    ):
+        super().__init__()
+        self.root = root
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.min_duration = min_duration
+        self.max_segments_per_file = max_segments_per_file
+        self.seed = seed
+        self.spec = spec
+        self.train_set: AudioFolder | None = None
+        self.val_set: AudioFolder | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files = find_audio_files(self.root)
+        if not files:
+            raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {self.root}")
+        train_files, val_files = split_files(files, self.val_fraction, self.seed)
+        kwargs = dict(spec=self.spec, min_duration=self.min_duration, max_segments_per_file=self.max_segments_per_file)
+        self.train_set = AudioFolder(self.root, files=train_files, **kwargs)
+        self.val_set = AudioFolder(self.root, files=val_files, **kwargs)
+        if len(self.train_set) == 0:
+            raise ValueError(f"no usable training audio under {self.root}: {[(str(r.path), r.reason) for r in self.train_set.rejected]}")
+
+    def _loader(self, dataset: AudioFolder, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=generator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

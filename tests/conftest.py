@@ -1,0 +1,44 @@
+"""Shared fixtures: offline tiny backbones in the hub layout, synthetic audio files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+# Nothing in the tests may reach a model hub or a W&B server.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(2)
+
+DATA = Path(__file__).parent / "data"
+FRONTEND_REFERENCE = DATA / "audioldm2_frontend"
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory) -> Path:
+    from recon.backbone import make_backbone_folder
+
+    return make_backbone_folder("tiny", tmp_path_factory.mktemp("backbone") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_backbone_dir):
+    from recon.backbone import FrozenAudioLDM2
+
+    return FrozenAudioLDM2.from_source(str(tiny_backbone_dir))
+
+
+def write_tone(path: Path, seconds: float, sr: int = 16000, freq: float = 440.0, channels: int = 1, seed: int = 0) -> Path:
+    """A tone plus a little seeded noise, written with soundfile."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    mono = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+    data = np.stack([mono * (0.5 + 0.5 * c) for c in range(channels)], axis=1) if channels > 1 else mono
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data.astype(np.float32), sr)
+    return path
