@@ -11,7 +11,8 @@ from pathlib import Path
 import lightning as L
 import soundfile as sf
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .audio import AudioLoadError, AudioSpec, load_waveform
 
@@ -134,8 +135,62 @@ def split_files(files: list[Path], val_fraction: float, seed: int) -> tuple[list
     return [f for f in files if f not in val], [f for f in files if f in val]
 
 
+class ResumableSampler(Sampler[int]):
+    """Dataset order as a pure function of (seed, epoch), sharded over DDP ranks, resumable mid-epoch.
+
+    Each rank takes every ``world``-th index of the epoch's order, padded by wrapping so all ranks
+    run the same number of batches (uneven shares would hang DDP training). ``resume_at(epoch, n)``
+    skips the first ``n`` indices of that epoch once, so a run resumed from a mid-epoch
+    checkpoint sees exactly the batches an uninterrupted run would have.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, consumed: int) -> None:
+        self._resume = (epoch, consumed)
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.size))
+        rank, world = self._rank_world()
+        per_rank = math.ceil(self.size / world)
+        order = (order * math.ceil(per_rank * world / max(self.size, 1)))[: per_rank * world]
+        return order[rank::world]
+
+    def __iter__(self):
+        order = self._order()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] :]
+        self._resume = None
+        return iter(order)
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self._rank_world()[1])
+
+
 class AudioDataModule(L.LightningDataModule):
-    """Train/validation segments of one audio folder, split by file."""
+    """Train/validation segments of one audio folder, split by file.
+
+    With ``cache_dir`` set, a trainer that owns the frozen encoder calls :meth:`attach_latent_cache`
+    and the loaders then yield cached posteriors (``mean``, ``std``) instead of waveforms.
+    Training batches come from a :class:`ResumableSampler`; the datamodule's state in a checkpoint
+    records where in the epoch training stood, so ``--ckpt_path`` resumes mid-epoch exactly.
+    Lightning must not replace that sampler: train with ``use_distributed_sampler: false``.
+    """
 
     def __init__(
         self,
@@ -146,9 +201,13 @@ class AudioDataModule(L.LightningDataModule):
         min_duration: float = 1.0,
         max_segments_per_file: int | None = None,
         seed: int = 0,
+        cache_dir: str | None = None,
         spec: AudioSpec = AudioSpec(),
     ):
         super().__init__()
+        self.cache_dir = cache_dir
+        self.latents: tuple[Dataset, Dataset] | None = None
+        self._resume: tuple[int, int] | None = None
         self.root = root
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -173,19 +232,48 @@ class AudioDataModule(L.LightningDataModule):
         if len(self.train_set) == 0:
             raise ValueError(f"no usable training audio under {self.root}: {[(str(r.path), r.reason) for r in self.train_set.rejected]}")
 
-    def _loader(self, dataset: AudioFolder, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+    def attach_latent_cache(self, backbone) -> None:
+        """Encode every segment not yet cached (rank 0 in DDP), then serve latents from the cache."""
+        from .cache import LatentCache, LatentDataset, backbone_fingerprint
+
+        self.setup("fit")
+        cache = LatentCache(self.cache_dir, backbone_fingerprint(backbone))
+        trainer = self.trainer
+        if trainer is None or trainer.is_global_zero:
+            for dataset in (self.train_set, self.val_set):
+                cache.build(dataset, backbone, batch_size=self.batch_size)
+        if trainer is not None:
+            trainer.strategy.barrier("latent-cache")
+        self.latents = (LatentDataset(self.train_set, cache), LatentDataset(self.val_set, cache))
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        sampler = ResumableSampler(len(dataset), seed=self.seed, shuffle=shuffle)
+        if shuffle and self._resume is not None:
+            sampler.resume_at(*self._resume)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
-            generator=generator,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.latents[0] if self.latents else self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.latents[1] if self.latents else self.val_set, shuffle=False)
+
+    def state_dict(self) -> dict:
+        # Saved with every checkpoint: which epoch, and how many samples of it this rank consumed.
+        # `ready` counts batches already taken by a step; `completed` lags by one inside
+        # on_train_batch_end, where step-interval checkpoints are written.
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        taken = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"epoch": trainer.current_epoch, "consumed": taken * self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume = (state["epoch"], state["consumed"])

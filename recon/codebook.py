@@ -1,0 +1,311 @@
+"""Vector quantizer for the frozen AudioLDM2 VAE latent ([B, 8, T, F], channel first).
+
+One class, two choices: how a vector picks its code (``mode``: hard nearest code with a
+straight-through gradient, or a softmax over distances that anneals towards hard) and how
+the codebook learns (``update``: through the optimizer by the codebook loss, or by
+exponential moving averages of the vectors each code receives).
+
+DDP: everything that changes the codebook outside the optimizer (k-means, EMA, dead-code
+restarts) is either computed from all-reduced statistics or decided on rank 0 and broadcast,
+so every rank holds the same codebook. These paths call collectives, so all ranks must take
+them together; they do, because the decisions depend only on state that is already in sync.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import pack, rearrange, unpack
+from torch import Tensor, nn
+
+
+@dataclass
+class CodebookConfig:
+    num_codes: int = 1024
+    dim: int = 8
+    mode: str = "hard"  # "hard" | "soft"
+    commitment_weight: float = 0.25
+    update: str = "grad"  # "grad" | "ema"
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5  # Laplace smoothing
+    temperature: float = 1.0  # soft mode start temperature
+    temperature_min: float = 0.01
+    temperature_anneal_steps: int = 10000  # exponential anneal over these steps (0 = constant)
+    kmeans_init: bool = True
+    kmeans_iters: int = 20
+    dead_code_threshold: int = 0  # restart codes unused for this many training steps (0 disables)
+    # The quantizer draws from its own generator (random init, k-means, restarts) so that runs
+    # repeat exactly and the global RNG that dropout/data loading use is left alone.
+    seed: int = 0
+    # Rows per block of the distance matrix: bounds memory at chunk_size * num_codes floats.
+    chunk_size: int = 16384
+    # Lloyd costs iters * N * K; more samples than this (over all ranks) add little to 1024 codes.
+    kmeans_max_vectors: int = 65536
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: Tensor
+    indices: Tensor
+    codebook_loss: Tensor
+    commitment_loss: Tensor
+    perplexity: Tensor
+    usage: Tensor
+    commitment_weight: float = 0.25
+
+    @property
+    def loss(self) -> Tensor:
+        return self.codebook_loss + self.commitment_weight * self.commitment_loss
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if _distributed() else 1
+
+
+def _all_reduce_(t: Tensor) -> Tensor:
+    if _distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast_(t: Tensor) -> Tensor:
+    if _distributed():
+        dist.broadcast(t, src=0)
+    return t
+
+
+def _gather_rows(x: Tensor) -> Tensor:
+    """Concatenate [n_r, D] from all ranks in rank order; all_gather needs equal shapes, so pad."""
+    if not _distributed():
+        return x
+    n = torch.tensor([len(x)], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(_world())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros(max(sizes), x.shape[1])
+    padded[: len(x)] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def _sqdist(x: Tensor, codes: Tensor) -> Tensor:
+    # Expanded form: one matmul instead of an [N, K, D] difference tensor.
+    d = x.pow(2).sum(1, keepdim=True) - 2 * x @ codes.t() + codes.pow(2).sum(1)
+    return d.clamp_min(0)  # cancellation can dip a hair below zero
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, config: CodebookConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = config if config is not None else CodebookConfig()
+        if cfg.mode not in ("hard", "soft"):
+            raise ValueError(f"mode must be 'hard' or 'soft', got {cfg.mode!r}")
+        if cfg.update not in ("grad", "ema"):
+            raise ValueError(f"update must be 'grad' or 'ema', got {cfg.update!r}")
+        # Not part of the state dict: a resumed run repeats its random choices from the seed.
+        self._gen = torch.Generator().manual_seed(cfg.seed)
+        codes = torch.randn(cfg.num_codes, cfg.dim, generator=self._gen)
+        if cfg.update == "grad":
+            self.codebook = nn.Parameter(codes)
+        else:
+            self.register_buffer("codebook", codes)
+            # Every code starts as if it had been seen once at its own position, which keeps
+            # codebook == embed_sum / cluster_size true from the start.
+            self.register_buffer("cluster_size", torch.ones(cfg.num_codes))
+            self.register_buffer("embed_sum", codes.clone())
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("step", torch.tensor(0))  # training forwards seen; drives the temperature
+        self.register_buffer("steps_unused", torch.zeros(cfg.num_codes, dtype=torch.long))
+        self.register_buffer("num_restarted", torch.tensor(0))  # in the latest training forward
+        self.register_buffer("total_restarted", torch.tensor(0))
+
+    @property
+    def bits_per_index(self) -> float:
+        return math.log2(self.cfg.num_codes)
+
+    def temperature_at(self, step: int) -> float:
+        cfg = self.cfg
+        if cfg.temperature_anneal_steps <= 0:
+            return cfg.temperature
+        frac = min(max(step, 0) / cfg.temperature_anneal_steps, 1.0)
+        return cfg.temperature * (cfg.temperature_min / cfg.temperature) ** frac
+
+    def _flatten(self, z: Tensor) -> tuple[Tensor, list]:
+        if z.shape[1] != self.cfg.dim:
+            raise ValueError(f"expected channel dim {self.cfg.dim} at axis 1, got shape {tuple(z.shape)}")
+        x, ps = pack([rearrange(z.float(), "b d ... -> b ... d")], "* d")
+        return x, ps
+
+    def _nearest(self, x: Tensor, codes: Tensor) -> Tensor:
+        # ||x||^2 is the same for every code of a row, so the argmin needs only ||e||^2 - 2 x.e,
+        # and addmm yields that in one pass over the [chunk, K] block.
+        sq = codes.pow(2).sum(1)
+        chunks = x.split(self.cfg.chunk_size)
+        return torch.cat([torch.addmm(sq, c, codes.t(), alpha=-2).argmin(1) for c in chunks])
+
+    def _sample(self, n: int, k: int, device: torch.device) -> Tensor:
+        """k row indices out of n, distinct when possible."""
+        if n >= k:
+            return torch.randperm(n, generator=self._gen)[:k].to(device)
+        return torch.randint(n, (k,), generator=self._gen).to(device)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """Quantize z [B, dim, *spatial].
+
+        In training, an uninitialised codebook with kmeans_init is fitted by k-means on this
+        batch first (a trainer that wants a better fit calls init_from_latents with more data
+        before training). Eval never initialises: an unfitted codebook is used as it is.
+        """
+        cfg = self.cfg
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            x, ps = self._flatten(z)
+            if self.training and cfg.kmeans_init and not bool(self.initialized):
+                self.init_from_latents(x.detach())
+            if self.training and cfg.dead_code_threshold > 0:
+                self._restart_dead(x.detach())
+            codes = self.codebook.float()
+            if cfg.update == "ema":
+                # The EMA step below rewrites the buffer in place; autograd must keep this step's values.
+                codes = codes.detach().clone()
+            if cfg.mode == "hard":
+                idx = self._nearest(x.detach(), codes.detach())
+                e = F.embedding(idx, codes)
+                # STE written so the forward value is exactly e (decode_indices gives the same
+                # numbers) and the gradient goes to z alone; the codebook learns by its own loss.
+                q = e.detach() + (x - x.detach())
+            else:
+                d = _sqdist(x, codes)
+                q = (-d / self.temperature_at(int(self.step))).softmax(-1) @ codes
+                idx = d.detach().argmin(1)
+                e = F.embedding(idx, codes)
+            # Both losses use the nearest code, also in soft mode: that is the point the soft
+            # weights collapse onto as T -> 0, so these losses prepare z and codes for hard use.
+            commitment_loss = F.mse_loss(x, e.detach())
+            codebook_loss = F.mse_loss(x.detach(), e) if cfg.update == "grad" else x.new_zeros(())
+            counts = torch.bincount(idx, minlength=cfg.num_codes).float()
+            if self.training:
+                self._update_stats(x.detach(), idx, counts)
+                self.step += 1
+            probs = counts / counts.sum()
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum()
+            z_q = rearrange(unpack(q, ps, "* d")[0], "b ... d -> b d ...")
+            return QuantizerOutput(
+                z_q=z_q.to(z.dtype),
+                indices=unpack(idx, ps, "*")[0],
+                codebook_loss=codebook_loss,
+                commitment_loss=commitment_loss,
+                perplexity=entropy.exp(),
+                usage=(counts > 0).float().mean(),
+                commitment_weight=cfg.commitment_weight,
+            )
+
+    @torch.no_grad()
+    def quantize_indices(self, z: Tensor) -> Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            x, ps = self._flatten(z)
+            return unpack(self._nearest(x, self.codebook.float()), ps, "*")[0]
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        return rearrange(F.embedding(indices, self.codebook), "b ... d -> b d ...")
+
+    @torch.no_grad()
+    def set_codes(self, indices: Tensor, vectors: Tensor) -> None:
+        """Overwrite codes and forget their history.
+
+        EMA statistics restart as one observation of the new vector: left stale, the next EMA
+        step would pull a restarted code straight back to where it died.
+        """
+        vectors = vectors.to(self.codebook)
+        self.codebook[indices] = vectors
+        if self.cfg.update == "ema":
+            self.cluster_size[indices] = 1.0
+            self.embed_sum[indices] = vectors
+        self.steps_unused[indices] = 0
+
+    @torch.no_grad()
+    def init_from_latents(self, vectors: Tensor) -> None:
+        """k-means on [N, dim] vectors; in DDP every rank calls it with its own vectors.
+
+        Each rank contributes up to kmeans_max_vectors / world of them, rank 0 clusters the
+        union and broadcasts the result.
+        """
+        cfg = self.cfg
+        if vectors.ndim != 2 or vectors.shape[1] != cfg.dim:
+            raise ValueError(f"expected [N, {cfg.dim}] vectors, got shape {tuple(vectors.shape)}")
+        x = vectors.detach().float()
+        cap = max(cfg.kmeans_max_vectors // _world(), 1)
+        if len(x) > cap:
+            x = x[self._sample(len(x), cap, x.device)]
+        x = _gather_rows(x)
+        if _rank() == 0:
+            codes = self._kmeans(x)
+        else:
+            codes = x.new_empty(cfg.num_codes, cfg.dim)
+        self.set_codes(torch.arange(cfg.num_codes, device=self.codebook.device), _broadcast_(codes))
+        self.initialized.fill_(True)
+
+    def _kmeans(self, x: Tensor) -> Tensor:
+        k, n = self.cfg.num_codes, len(x)
+        # k-means++ seeding: Lloyd from uniformly drawn seeds keeps two seeds in one cluster and
+        # none in another often enough to matter even on cleanly separated data.
+        u = torch.rand(k, generator=self._gen).to(x.device)
+        codes = x.new_empty(k, x.shape[1])
+        codes[0] = x[(u[0] * n).long().clamp_max(n - 1)]
+        d2 = (x - codes[0]).pow(2).sum(1)
+        for i in range(1, k):
+            cum = d2.cumsum(0)
+            j = torch.searchsorted(cum, u[i : i + 1] * cum[-1], right=True).clamp_max(n - 1)
+            codes[i] = x[j]
+            d2 = torch.minimum(d2, (x - codes[i]).pow(2).sum(1))
+        for _ in range(self.cfg.kmeans_iters):
+            idx = self._nearest(x, codes)
+            counts = torch.bincount(idx, minlength=k)
+            sums = torch.zeros_like(codes).index_add_(0, idx, x)
+            # Drawn every iteration, used only for empty clusters, so the draw count is fixed.
+            reseed = x[self._sample(n, k, x.device)]
+            codes = torch.where((counts == 0)[:, None], reseed, sums / counts.clamp_min(1)[:, None])
+        return codes
+
+    @torch.no_grad()
+    def _restart_dead(self, x: Tensor) -> None:
+        dead = (self.steps_unused >= self.cfg.dead_code_threshold).nonzero().squeeze(1)
+        self.num_restarted.fill_(len(dead))
+        if len(dead) == 0:
+            return
+        pool = _gather_rows(x)
+        new = pool[self._sample(len(pool), len(dead), pool.device)]
+        self.set_codes(dead, _broadcast_(new.contiguous()))
+        self.total_restarted += len(dead)
+
+    @torch.no_grad()
+    def _update_stats(self, x: Tensor, idx: Tensor, counts: Tensor) -> None:
+        cfg = self.cfg
+        ema = cfg.update == "ema"
+        if not ema and cfg.dead_code_threshold <= 0:
+            return  # nothing to track, and no collective to pay for
+        stats = counts[:, None]
+        if ema:
+            stats = torch.cat([stats, torch.zeros_like(self.embed_sum).index_add_(0, idx, x)], 1)
+        # Sum over ranks before anything else, so every rank applies the same update.
+        stats = _all_reduce_(stats.clone())
+        counts = stats[:, 0]
+        self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
+        if ema:
+            self.cluster_size.lerp_(counts, 1 - cfg.ema_decay)
+            self.embed_sum.lerp_(stats[:, 1:], 1 - cfg.ema_decay)
+            n = self.cluster_size.sum()
+            smoothed = (self.cluster_size + cfg.ema_eps) / (n + cfg.num_codes * cfg.ema_eps) * n
+            self.codebook.copy_(self.embed_sum / smoothed[:, None])

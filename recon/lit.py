@@ -1,0 +1,227 @@
+"""LightningModule that trains a codebook on the latent of the frozen AudioLDM2 VAE."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .audio import AudioSpec, MelFrontEnd
+from .backbone import HUB_ID, FrozenAudioLDM2
+from .codebook import CodebookConfig, QuantizerOutput, VectorQuantizer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+# Checkpoints store these config dataclasses in their hyper-parameters; allow them under
+# torch.load(weights_only=True), which Lightning uses when resuming.
+torch.serialization.add_safe_globals([CodebookConfig, AudioSpec])
+# Signature fields that decide whether a codebook fits a backbone's latent.
+SHAPE_FIELDS = ("latent_channels", "downsample_factor", "vae_block_out_channels")
+
+
+def latent_snr_db(z: Tensor, z_hat: Tensor) -> Tensor:
+    """10·log10(‖z‖² / ‖z − ẑ‖²) over the whole batch."""
+    return 10 * torch.log10(z.float().pow(2).sum() / (z.float() - z_hat.float()).pow(2).sum().clamp_min(1e-12))
+
+
+class IdentityInitConv(nn.Conv2d):
+    """1×1 convolution initialised to the identity: a no-op until training moves it."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, kernel_size=1)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(channels).reshape(channels, channels, 1, 1))
+            self.bias.zero_()
+
+
+class CodebookTrainer(L.LightningModule):
+    """Trains a :class:`VectorQuantizer` on VAE latents; the backbone stays frozen and out of checkpoints.
+
+    Loss = codebook term + ``commitment_weight`` (0.25) × commitment term
+    (+ ``recon_weight`` × L1 between the decoded quantized latent's log-mel and the input log-mel;
+    from the latent cache the target is the decoded *unquantized* latent). The reconstruction term
+    reaches the codebook in soft mode, and in hard mode only through the optional identity-initialised
+    1×1 ``adapters`` around the quantizer (off by default).
+
+    Args:
+        backbone: backbone source (hub id, local folder, ``random:tiny``/``random:full``).
+        codebook: quantizer configuration (K = 1024, dim = 8, hard, grad update by default).
+        latent: which latent is quantized: the posterior ``mean`` (default, what inference uses)
+            or a posterior ``sample`` (a seeded draw per step: a data augmentation).
+        scaled: quantize ``latent × scaling_factor`` (the diffusion UNet's scale) instead of the raw latent.
+        kmeans_init_batches: training batches whose latents seed the k-means initialisation.
+    """
+
+    def __init__(
+        self,
+        backbone: str = HUB_ID,
+        codebook: CodebookConfig = CodebookConfig(),
+        latent: Literal["mean", "sample"] = "mean",
+        scaled: bool = False,
+        recon_weight: float = 0.0,
+        adapters: bool = False,
+        lr: float = 1e-3,
+        kmeans_init_batches: int = 8,
+        seed: int = 0,
+        spec: AudioSpec = AudioSpec(),
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = codebook
+        self.backbone = FrozenAudioLDM2.from_source(backbone, spec=spec)
+        self.frontend = MelFrontEnd(spec)
+        self.quantizer = VectorQuantizer(codebook)
+        dim = self.backbone.latent_channels
+        if codebook.dim != dim:
+            raise ValueError(f"codebook dim {codebook.dim} does not match the backbone's {dim} latent channels")
+        self.adapter_in = IdentityInitConv(dim) if adapters else nn.Identity()
+        self.adapter_out = IdentityInitConv(dim) if adapters else nn.Identity()
+        # Backbone weights are never in the checkpoint; missing backbone keys on load are expected
+        # and checked by hand in on_load_checkpoint.
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------ latents
+    def posterior(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """(mean, std) of the batch: from the latent cache, or by running the frozen encoder."""
+        if "mean" in batch:
+            return batch["mean"].float(), batch["std"].float()
+        posterior = self.backbone.encode(self.frontend(batch["wav"]))
+        return posterior.mean.float(), posterior.std.float()
+
+    def select_latent(self, mean: Tensor, std: Tensor) -> Tensor:
+        z = mean if self.hparams.latent == "mean" else mean + std * torch.randn_like(std)
+        return z * self.backbone.scaling_factor if self.hparams.scaled else z
+
+    def quantize(self, z: Tensor) -> tuple[Tensor, QuantizerOutput]:
+        """Quantize a (selected) latent; returns the latent to decode and the quantizer's output."""
+        out = self.quantizer(self.adapter_in(z))
+        return self.adapter_out(out.z_q), out
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.backbone.decode(z / self.backbone.scaling_factor if self.hparams.scaled else z)
+
+    # ------------------------------------------------------------------ lightning hooks
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise ValueError("train with `trainer.use_distributed_sampler: false`: recon's ResumableSampler shards the data itself")
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "spec", self.backbone.spec) != self.backbone.spec:
+            raise ValueError(f"data spec {datamodule.spec} differs from the model's {self.backbone.spec}: set both to the same values")
+        if stage == "fit" and datamodule is not None and getattr(datamodule, "cache_dir", None):
+            datamodule.attach_latent_cache(self.backbone)
+
+    def on_fit_start(self) -> None:
+        # Explicit, data-dependent initialisation before the first step (never lazily in a sanity
+        # check or predict); skipped when resuming, since the restored codebook is initialised.
+        if not self.cfg.kmeans_init or bool(self.quantizer.initialized):
+            return
+        vectors = []
+        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else self.trainer.train_dataloader
+        for i, batch in enumerate(loader):
+            if i >= self.hparams.kmeans_init_batches:
+                break
+            batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            with torch.no_grad():
+                z = self.adapter_in(self.select_latent(*self.posterior(batch)))
+            vectors.append(z.transpose(0, 1).reshape(z.shape[1], -1).T)
+        self.quantizer.init_from_latents(torch.cat(vectors))
+        log.info("k-means initialised %d codes from %d latent vectors", self.cfg.num_codes, sum(len(v) for v in vectors))
+
+    def on_train_start(self) -> None:
+        # Lightning >= 2.2 does not put submodules in train mode for us (#18951).
+        self.quantizer.train()
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        # Every random draw of a step is a function of (seed, step): a resumed run repeats exactly.
+        step_seed = self.hparams.seed * 1_000_003 + self.global_step
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(step_seed)
+            self.quantizer._gen.manual_seed(step_seed)
+            loss, logs = self._step(batch)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=len(batch["index"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        if self.cfg.mode == "soft":
+            self.log("train/temperature", self.quantizer.temperature_at(int(self.quantizer.step)))
+        # EMA-only training has nothing for the optimizer: the quantizer updated itself in forward.
+        return loss if loss.requires_grad else None
+
+    def _step(self, batch: dict) -> tuple[Tensor, dict]:
+        mean, std = self.posterior(batch)
+        z = self.select_latent(mean, std)
+        z_dec, out = self.quantize(z)
+        loss = out.loss
+        logs = {
+            "codebook_loss": out.codebook_loss,
+            "commitment_loss": out.commitment_loss,
+            "perplexity": out.perplexity,
+            "usage": out.usage,
+            "latent_snr_db": latent_snr_db(z, z_dec.detach()),
+            "restarted_codes": self.quantizer.num_restarted.float(),
+        }
+        if self.hparams.recon_weight > 0:
+            with torch.no_grad():
+                target = self.frontend(batch["wav"]) if "wav" in batch else self.decode(z)
+            recon = F.l1_loss(self.decode(z_dec).float(), target.float())
+            loss = loss + self.hparams.recon_weight * recon
+            logs["recon_l1"] = recon
+        return loss, logs
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        mean, std = self.posterior(batch)
+        z = self.select_latent(mean, std)
+        z_dec, out = self.quantize(z)
+        n = len(batch["index"])
+        self.log_dict(
+            {
+                "val/latent_snr_db": latent_snr_db(z, z_dec),
+                "val/usage": out.usage,
+                "val/perplexity": out.perplexity,
+                "val/commitment_loss": out.commitment_loss,
+            },
+            batch_size=n,
+            sync_dist=True,
+        )
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.hparams.lr) if params else None
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
+        checkpoint["recon"] = {
+            "format": CHECKPOINT_FORMAT,
+            "backbone_signature": self.backbone.signature(),
+            "spec": asdict(self.backbone.spec),
+            "codebook": asdict(self.cfg),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("recon")
+        if meta is None:
+            raise ValueError("not a recon codebook checkpoint (no 'recon' section)")
+        ours, theirs = self.backbone.signature(), meta["backbone_signature"]
+        mismatched = {k: (theirs.get(k), ours.get(k)) for k in SHAPE_FIELDS if theirs.get(k) != ours.get(k)}
+        if mismatched:
+            details = ", ".join(f"{k}: checkpoint {a} vs backbone {b}" for k, (a, b) in mismatched.items())
+            raise ValueError(
+                f"this codebook was trained on backbone '{theirs['source']}' whose latent differs from "
+                f"'{ours['source']}' ({details}); load it with the backbone it was trained on (backbone=...)"
+            )
+        expected = {k for k in self.state_dict() if not k.startswith("backbone.")}
+        missing = expected - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(f"checkpoint lacks codebook weights: {sorted(missing)}")
+
+
+def load_codebook_trainer(ckpt_path: str, backbone: str | None = None, map_location: str = "cpu") -> CodebookTrainer:
+    """Load a trained codebook with its backbone (the one recorded in the checkpoint unless overridden)."""
+    overrides = {} if backbone is None else {"backbone": backbone}
+    return CodebookTrainer.load_from_checkpoint(ckpt_path, map_location=map_location, **overrides).eval()

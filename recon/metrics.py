@@ -1,0 +1,465 @@
+"""Every reconstruction metric of recon, in one place.
+
+Each metric is one small function with its exact formula in the docstring. Waveform metrics take
+16 kHz ``reference, estimate`` tensors ``[B, samples]`` of the same shape (callers align lengths;
+a mismatch raises ``ValueError``) and return one value per item, a float32 tensor ``[B]`` on the
+reference's device, so a runner can write one row per file. All math is float32.
+
+Conventions shared by the spectral metrics: ``STFT_n`` is ``torch.stft`` with a periodic Hann
+window of length ``n``, ``n_fft = n``, centred with reflect padding (torch's default, also what
+AudioLDM2, DAC/audiotools and auraloss use); ``|.|`` is its magnitude.
+
+``eps_f32 = torch.finfo(torch.float32).eps`` (about 1.19e-7) guards the SNR family exactly as
+torchmetrics does, so recon's numbers agree with ``torchmetrics.functional.audio`` to rounding.
+
+The only metrics that can return NaN are :func:`pesq_wb` and :func:`stoi` (silent reference,
+non-finite input, or input the PESQ library rejects); each NaN is logged as a warning on the
+``recon.metrics`` logger, naming the item and the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import librosa
+import numpy as np
+import torch
+from torch import Tensor
+
+from recon.audio import AudioSpec, MelFrontEnd
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+EPS_F32 = torch.finfo(torch.float32).eps
+
+# Codebook bitrate: the VAE latent is [8, 256, 16] per 10.24 s, i.e. 256 * 16 = 4096 vectors of
+# dimension 8 per segment = 400 vectors per second; a hard code index into 1024 codes is 10 bits.
+CODEBOOK_SIZE = 1024
+LATENT_VECTORS_PER_SEGMENT = 256 * 16
+SEGMENT_SECONDS = 10.24
+LATENT_VECTORS_PER_SECOND = LATENT_VECTORS_PER_SEGMENT / SEGMENT_SECONDS  # 400.0
+
+# DAC's mel distance (descript-audio-codec conf/base.yml, the setting DAC trains and evaluates with).
+DAC_MEL_WINDOW_LENGTHS = (32, 64, 128, 256, 512, 1024, 2048)
+DAC_MEL_N_MELS = (5, 10, 20, 40, 80, 160, 320)
+
+# Multi-resolution STFT distance (auraloss-style terms, window = FFT size, hop = FFT size / 4).
+MR_STFT_FFT_SIZES = (512, 1024, 2048)
+MR_STFT_HOP_SIZES = (128, 256, 512)
+MR_STFT_EPS = 1e-8  # auraloss: |X| = sqrt(max(|STFT|^2, 1e-8))
+
+LSD_N_FFT = 1024
+LSD_HOP = 160
+LSD_EPS = 1e-10  # power floor inside the log: -100 dB re 1
+
+HF_EPS = 1e-12
+
+# 20 / ln(10): converts a difference of natural logs of *magnitudes* to dB.
+NEPER_TO_DB = 20.0 / math.log(10.0)
+
+WAVEFORM_METRICS = ("log_mel_db", "mel_multiscale", "mr_stft", "lsd_db", "si_sdr_db", "snr_db", "hf_retention")
+PERCEPTUAL_METRICS = ("pesq_wb", "stoi")
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_pair(reference: Tensor, estimate: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate ``[B, samples]`` pairs of identical shape and return them as float32."""
+    if not isinstance(reference, Tensor) or not isinstance(estimate, Tensor):
+        raise TypeError("reference and estimate must be torch tensors")
+    if reference.dim() != 2 or estimate.dim() != 2:
+        raise ValueError(
+            f"metrics expect [batch, samples] tensors, got reference {tuple(reference.shape)} "
+            f"and estimate {tuple(estimate.shape)}"
+        )
+    if reference.shape != estimate.shape:
+        raise ValueError(
+            f"reference {tuple(reference.shape)} and estimate {tuple(estimate.shape)} differ in shape; "
+            "align their lengths before computing metrics"
+        )
+    if reference.shape[-1] == 0:
+        raise ValueError("reference and estimate have no samples")
+    return reference.float(), estimate.to(device=reference.device).float()
+
+
+@functools.lru_cache(maxsize=None)
+def _hann(n: int) -> Tensor:
+    return torch.hann_window(n, periodic=True)
+
+
+def _stft_mag(x: Tensor, n_fft: int, hop: int) -> Tensor:
+    """``|STFT_n_fft(x)|`` of ``[B, samples]`` -> ``[B, n_fft // 2 + 1, frames]`` (float32)."""
+    stft = torch.stft(
+        x,
+        n_fft=n_fft,
+        hop_length=hop,
+        win_length=n_fft,
+        window=_hann(n_fft).to(x.device),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    return stft.abs()
+
+
+@functools.lru_cache(maxsize=None)
+def _librosa_mel(sr: int, n_fft: int, n_mels: int) -> Tensor:
+    # DAC (audiotools ``get_mel_filters``): librosa slaney filters, fmin 0, fmax None (= sr / 2).
+    # At 16 kHz none of DAC's 7 (window, n_mels) pairs has an empty filter; if one were empty its
+    # mel value would be 0 -> clamp_eps on both sides -> it adds exactly 0, as in DAC.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Empty filters.*")
+        fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=None)
+    return torch.from_numpy(fb).float()
+
+
+def _ratio_db(num: Tensor, den: Tensor) -> Tensor:
+    """``10 log10((num + eps_f32) / (den + eps_f32))`` - torchmetrics' guard."""
+    return 10.0 * torch.log10((num + EPS_F32) / (den + EPS_F32))
+
+
+# --------------------------------------------------------------------------------------------------
+# spectral distances (0 for identical inputs, larger is worse)
+
+
+def log_mel_distance_db(reference: Tensor, estimate: Tensor, frontend: MelFrontEnd | None = None) -> Tensor:
+    """Mean absolute difference of the AudioLDM2 log-mel, in dB of magnitude.
+
+    ``L = MelFrontEnd(x) = ln(max(M |STFT_1024(x)|, 1e-5))`` (64 slaney mels, hop 160, natural log
+    of the *magnitude* mel - see ``recon.audio``), so a dB value is ``20 log10 m = (20 / ln 10) ln m``::
+
+        log_mel_db = (20 / ln 10) * mean_{frames, mels} |L_ref - L_est|
+
+    A pure gain ``g`` gives ``|20 log10 g|`` wherever neither mel bin sits at the 1e-5 floor.
+    ``frontend`` defaults to ``MelFrontEnd(AudioSpec())``; pass the runner's instance to reuse it.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    if frontend is None:
+        frontend = MelFrontEnd(AudioSpec()).to(reference.device)
+    diff = (frontend(reference) - frontend(estimate)).abs()  # [B, 1, frames, mels]
+    return NEPER_TO_DB * diff.flatten(1).mean(dim=1)
+
+
+def multiscale_mel_distance(
+    reference: Tensor,
+    estimate: Tensor,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    window_lengths: Sequence[int] = DAC_MEL_WINDOW_LENGTHS,
+    n_mels: Sequence[int] = DAC_MEL_N_MELS,
+    clamp_eps: float = 1e-5,
+    mag_weight: float = 0.0,
+    log_weight: float = 1.0,
+    pow: float = 1.0,
+) -> Tensor:
+    """DAC's multi-scale mel distance (``dac.nn.loss.MelSpectrogramLoss``), per item.
+
+    For each scale ``s`` with window ``w_s`` and ``n_mels_s``: ``M_s(x) = F_s |STFT_{w_s}(x)|`` with
+    hop ``w_s // 4`` and ``F_s = librosa.filters.mel(sr, n_fft=w_s, n_mels=n_mels_s, fmin=0,
+    fmax=sr/2)`` (slaney) applied to the magnitude, exactly as audiotools' ``mel_spectrogram``::
+
+        mel_multiscale = sum_s [ log_weight * mean |log10(max(M_s(est), eps)^pow) - log10(max(M_s(ref), eps)^pow)|
+                                + mag_weight * mean |M_s(est) - M_s(ref)| ]
+
+    means over mel bins and frames of one item (``nn.L1Loss`` per item), summed over the scales.
+    Defaults are DAC's training/evaluation setting (``conf/base.yml``): windows
+    ``[32, 64, 128, 256, 512, 1024, 2048]``, n_mels ``[5, 10, 20, 40, 80, 160, 320]``,
+    ``clamp_eps = 1e-5``, ``mag_weight = 0``, ``log_weight = 1``, ``pow = 1``. (The class's own
+    keyword defaults, ``mag_weight = 1, pow = 2``, are overridden by that config.) With the
+    defaults a pure gain ``g`` gives ``7 |log10 g|`` where no mel bin is at the clamp.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    if len(window_lengths) != len(n_mels):
+        raise ValueError("window_lengths and n_mels must have the same length")
+    total = torch.zeros(reference.shape[0], device=reference.device)
+    for win, nm in zip(window_lengths, n_mels):
+        fb = _librosa_mel(sample_rate, int(win), int(nm)).to(reference.device)
+        mel_ref = fb @ _stft_mag(reference, int(win), int(win) // 4)  # [B, mels, frames]
+        mel_est = fb @ _stft_mag(estimate, int(win), int(win) // 4)
+        if log_weight:
+            log_ref = mel_ref.clamp(min=clamp_eps).pow(pow).log10()
+            log_est = mel_est.clamp(min=clamp_eps).pow(pow).log10()
+            total = total + log_weight * (log_est - log_ref).abs().mean(dim=(1, 2))
+        if mag_weight:
+            total = total + mag_weight * (mel_est - mel_ref).abs().mean(dim=(1, 2))
+    return total
+
+
+def multi_resolution_stft_distance(
+    reference: Tensor,
+    estimate: Tensor,
+    *,
+    fft_sizes: Sequence[int] = MR_STFT_FFT_SIZES,
+    hop_sizes: Sequence[int] = MR_STFT_HOP_SIZES,
+) -> Tensor:
+    """Multi-resolution STFT distance (auraloss ``MultiResolutionSTFTLoss`` terms), per item.
+
+    For each resolution ``r`` (FFT sizes ``[512, 1024, 2048]``, hops ``[128, 256, 512]``, Hann
+    window = FFT size), ``Y = sqrt(max(|STFT(ref)|^2, 1e-8))``, ``X`` likewise for the estimate::
+
+        sc_r  = ||Y - X||_F / ||Y||_F                  (spectral convergence)
+        mag_r = mean_{freq, frames} |ln Y - ln X|       (log-magnitude L1, natural log)
+        mr_stft = (1 / R) * sum_r (sc_r + mag_r)
+
+    A pure gain ``g`` gives ``|1 - g| + |ln g|`` where no bin is at the 1e-8 floor.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    if len(fft_sizes) != len(hop_sizes):
+        raise ValueError("fft_sizes and hop_sizes must have the same length")
+    total = torch.zeros(reference.shape[0], device=reference.device)
+    for n_fft, hop in zip(fft_sizes, hop_sizes):
+        y = _stft_mag(reference, int(n_fft), int(hop)).pow(2).clamp(min=MR_STFT_EPS).sqrt()
+        x = _stft_mag(estimate, int(n_fft), int(hop)).pow(2).clamp(min=MR_STFT_EPS).sqrt()
+        sc = torch.linalg.vector_norm((y - x).flatten(1), dim=1) / torch.linalg.vector_norm(y.flatten(1), dim=1)
+        mag = (y.log() - x.log()).abs().mean(dim=(1, 2))
+        total = total + sc + mag
+    return total / len(fft_sizes)
+
+
+def log_spectral_distance(reference: Tensor, estimate: Tensor, *, n_fft: int = LSD_N_FFT, hop: int = LSD_HOP) -> Tensor:
+    """Log-spectral distance in dB, per item.
+
+    ``P_x = |STFT_1024(x)|^2`` (hop 160, Hann 1024, all 513 bins up to 8 kHz, all frames)::
+
+        lsd_db = mean_{frames} sqrt( mean_{freqs} (10 log10(P_ref + 1e-10) - 10 log10(P_est + 1e-10))^2 )
+
+    ``1e-10`` is a -100 dB power floor (for a full-scale sine, ``P`` peaks near 6.5e4). A pure gain
+    ``g`` gives ``|20 log10 g|`` where all bins are well above the floor.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    log_ref = 10.0 * torch.log10(_stft_mag(reference, n_fft, hop).pow(2) + LSD_EPS)
+    log_est = 10.0 * torch.log10(_stft_mag(estimate, n_fft, hop).pow(2) + LSD_EPS)
+    per_frame = (log_ref - log_est).pow(2).mean(dim=1).sqrt()  # [B, frames]
+    return per_frame.mean(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# waveform fidelity (dB, larger is better)
+
+
+def si_sdr(reference: Tensor, estimate: Tensor) -> Tensor:
+    """Scale-invariant SDR in dB, both signals made zero-mean first (torchmetrics, ``zero_mean=True``).
+
+    With ``r = ref - mean(ref)``, ``e = est - mean(est)``, ``eps = eps_f32``::
+
+        alpha = (<e, r> + eps) / (<r, r> + eps)
+        si_sdr = 10 log10( (||alpha r||^2 + eps) / (||alpha r - e||^2 + eps) )
+
+    Equals ``torchmetrics.functional.audio.scale_invariant_signal_distortion_ratio(est, ref,
+    zero_mean=True)``. A perfect (scaled) estimate gives a large finite value, not inf.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    r = reference - reference.mean(dim=-1, keepdim=True)
+    e = estimate - estimate.mean(dim=-1, keepdim=True)
+    alpha = ((e * r).sum(dim=-1, keepdim=True) + EPS_F32) / (r.pow(2).sum(dim=-1, keepdim=True) + EPS_F32)
+    target = alpha * r
+    return _ratio_db(target.pow(2).sum(dim=-1), (target - e).pow(2).sum(dim=-1))
+
+
+def snr(reference: Tensor, estimate: Tensor) -> Tensor:
+    """Signal-to-noise ratio in dB (no mean removal, no scaling)::
+
+        snr = 10 log10( (||ref||^2 + eps) / (||ref - est||^2 + eps) ),   eps = eps_f32
+
+    Equals ``torchmetrics.functional.audio.signal_noise_ratio(est, ref, zero_mean=False)``.
+    ``est = g ref`` gives ``-20 log10 |1 - g|`` (6.02 dB for g = 0.5).
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    return _ratio_db(reference.pow(2).sum(dim=-1), (reference - estimate).pow(2).sum(dim=-1))
+
+
+def latent_snr(z: Tensor, z_hat: Tensor) -> Tensor:
+    """Latent SNR in dB per item, over all non-batch dims (e.g. VAE latent vs its codebook version)::
+
+        latent_snr = 10 log10( (||z||^2 + eps) / (||z - z_hat||^2 + eps) ),   eps = eps_f32
+    """
+    if not isinstance(z, Tensor) or not isinstance(z_hat, Tensor):
+        raise TypeError("z and z_hat must be torch tensors")
+    if z.shape != z_hat.shape or z.dim() < 2:
+        raise ValueError(f"latent_snr expects two [B, ...] tensors of one shape, got {tuple(z.shape)} and {tuple(z_hat.shape)}")
+    z = z.float().flatten(1)
+    z_hat = z_hat.to(z.device).float().flatten(1)
+    return _ratio_db(z.pow(2).sum(dim=1), (z - z_hat).pow(2).sum(dim=1))
+
+
+def high_frequency_retention(
+    reference: Tensor, estimate: Tensor, cutoff_hz: float = 4000.0, *, sample_rate: int = SAMPLE_RATE
+) -> Tensor:
+    """Energy above ``cutoff_hz`` in the estimate relative to the reference (1.0 = retained).
+
+    ``P_x[k] = |rfft(x)[k]|^2 / N`` over the whole signal (no window), ``f_k = k sr / N``::
+
+        hf_retention = (sum_{f_k > cutoff} P_est[k] + 1e-12) / (sum_{f_k > cutoff} P_ref[k] + 1e-12)
+
+    A plain ratio (not dB): < 1 lost high band, > 1 added high-band energy (e.g. vocoder noise).
+    At 16 kHz nothing exists above the 8 kHz Nyquist frequency, so ``cutoff_hz`` must lie in
+    ``(0, 8000)``; the band measured is ``(cutoff, 8000]``. If the reference has no energy in the
+    band the ratio is meaningless (1.0 if the estimate has none either, else huge).
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    nyquist = sample_rate / 2
+    if not 0 < cutoff_hz < nyquist:
+        raise ValueError(f"cutoff_hz must be in (0, {nyquist:g}) Hz at {sample_rate} Hz; nothing exists above {nyquist:g} Hz")
+    n = reference.shape[-1]
+    freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate).to(reference.device)
+    band = freqs > cutoff_hz
+    p_ref = torch.fft.rfft(reference, dim=-1).abs().pow(2) / n
+    p_est = torch.fft.rfft(estimate, dim=-1).abs().pow(2) / n
+    return (p_est[:, band].sum(dim=-1) + HF_EPS) / (p_ref[:, band].sum(dim=-1) + HF_EPS)
+
+
+# --------------------------------------------------------------------------------------------------
+# perceptual (slow, CPU, numpy): NaN plus a logged warning where the measure is undefined
+
+
+def _per_item(
+    name: str, reference: Tensor, estimate: Tensor, score: Callable[[np.ndarray, np.ndarray], float]
+) -> Tensor:
+    reference, estimate = _check_pair(reference, estimate)
+    ref_np = reference.detach().cpu().numpy().astype(np.float64)
+    est_np = estimate.detach().cpu().numpy().astype(np.float64)
+    out = []
+    for i, (r, e) in enumerate(zip(ref_np, est_np)):
+        reason = None
+        if not (np.isfinite(r).all() and np.isfinite(e).all()):
+            reason = "input contains NaN or infinite samples"
+        elif not np.any(r):
+            reason = "reference is silent (all zeros)"
+        else:
+            try:
+                value = float(score(r, e))
+            except _Undefined as err:
+                reason = str(err)
+        if reason is not None:
+            logger.warning("%s of item %d is NaN: %s", name, i, reason)
+            value = float("nan")
+        out.append(value)
+    return torch.tensor(out, dtype=torch.float32, device=reference.device)
+
+
+class _Undefined(Exception):
+    """The perceptual measure is undefined for this item; the message is the reason."""
+
+
+def _pesq_one(ref: np.ndarray, est: np.ndarray) -> float:
+    import pesq as pesq_lib
+
+    if not np.any(est):
+        # The library divides by zero inside and fails with an opaque ValueError; say why.
+        raise _Undefined("estimate is silent (all zeros); the PESQ library cannot score it")
+    try:
+        with np.errstate(all="ignore"):
+            return pesq_lib.pesq(SAMPLE_RATE, ref, est, "wb")
+    except (pesq_lib.PesqError, ValueError) as err:
+        msg = err.args[0] if err.args else ""
+        msg = msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
+        raise _Undefined(f"PESQ failed ({type(err).__name__}: {msg})") from err
+
+
+def _stoi_one(ref: np.ndarray, est: np.ndarray) -> float:
+    from pystoi import stoi as stoi_lib
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = stoi_lib(ref, est, SAMPLE_RATE, extended=False)
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and "Not enough STFT frames" in str(w.message):
+            # pystoi returns a placeholder 1e-5 here; recon reports it as undefined instead.
+            raise _Undefined(f"STOI undefined ({w.message})")
+    return value
+
+
+def pesq_wb(reference: Tensor, estimate: Tensor) -> Tensor:
+    """Wide-band PESQ (ITU-T P.862.2 MOS-LQO, about 1.04-4.64) per item, ``pesq`` package, 16 kHz, ``"wb"``.
+
+    The library peak-normalises both signals jointly, so overall level does not matter. NaN, with
+    a warning on the ``recon.metrics`` logger naming item and reason, for a silent reference,
+    non-finite input, or input PESQ rejects (no utterances detected, shorter than 0.25 s, a
+    silent estimate, ...).
+    """
+    return _per_item("pesq_wb", reference, estimate, _pesq_one)
+
+
+def stoi(reference: Tensor, estimate: Tensor) -> Tensor:
+    """STOI (Taal et al. 2011, 0-1, higher is more intelligible) per item, ``pystoi`` at 16 kHz, not extended.
+
+    NaN, with a warning on the ``recon.metrics`` logger naming item and reason, for a silent
+    reference, non-finite input, or fewer than 30 frames left after pystoi's silence removal (where
+    pystoi itself would return a placeholder 1e-5).
+    """
+    return _per_item("stoi", reference, estimate, _stoi_one)
+
+
+# --------------------------------------------------------------------------------------------------
+# bitrate
+
+
+def bitrate_bps(bits_per_index: float, indices_per_second: float) -> float:
+    """Bits per second of a stream of code indices: ``bits_per_index * indices_per_second``."""
+    return float(bits_per_index) * float(indices_per_second)
+
+
+# Hard codebook: log2(1024) = 10 bits per vector x 400 vectors/s = 4000 bps.
+CODEBOOK_HARD_BPS = bitrate_bps(math.log2(CODEBOOK_SIZE), LATENT_VECTORS_PER_SECOND)
+
+
+# --------------------------------------------------------------------------------------------------
+# everything at once
+
+
+@torch.no_grad()
+def compute_all(
+    reference: Tensor,
+    estimate: Tensor,
+    frontend: MelFrontEnd | None = None,
+    *,
+    include_perceptual: bool = True,
+) -> dict[str, Tensor]:
+    """Every waveform metric of this module, each a ``[B]`` tensor, keyed by name.
+
+    Keys: ``log_mel_db``, ``mel_multiscale``, ``mr_stft``, ``lsd_db``, ``si_sdr_db``, ``snr_db``,
+    ``hf_retention`` (cutoff 4 kHz) and, unless ``include_perceptual=False`` (they are slow),
+    ``pesq_wb`` and ``stoi``.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    out = {
+        "log_mel_db": log_mel_distance_db(reference, estimate, frontend),
+        "mel_multiscale": multiscale_mel_distance(reference, estimate),
+        "mr_stft": multi_resolution_stft_distance(reference, estimate),
+        "lsd_db": log_spectral_distance(reference, estimate),
+        "si_sdr_db": si_sdr(reference, estimate),
+        "snr_db": snr(reference, estimate),
+        "hf_retention": high_frequency_retention(reference, estimate),
+    }
+    if include_perceptual:
+        out["pesq_wb"] = pesq_wb(reference, estimate)
+        out["stoi"] = stoi(reference, estimate)
+    return out
+
+
+__all__ = [
+    "CODEBOOK_HARD_BPS",
+    "CODEBOOK_SIZE",
+    "LATENT_VECTORS_PER_SECOND",
+    "PERCEPTUAL_METRICS",
+    "WAVEFORM_METRICS",
+    "bitrate_bps",
+    "compute_all",
+    "high_frequency_retention",
+    "latent_snr",
+    "log_mel_distance_db",
+    "log_spectral_distance",
+    "multi_resolution_stft_distance",
+    "multiscale_mel_distance",
+    "pesq_wb",
+    "si_sdr",
+    "snr",
+    "stoi",
+]

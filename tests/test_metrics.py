@@ -1,0 +1,316 @@
+"""recon.metrics: hand-computed values, agreement with torchmetrics, NaN handling, shapes."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import librosa
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio, signal_noise_ratio
+
+from recon import metrics as M
+from recon.audio import AudioSpec, MelFrontEnd
+
+SR = 16000
+DB_HALF = 20 * math.log10(2.0)  # 6.0206 dB: the size of a gain of 0.5
+
+
+def noise(seconds: float, batch: int = 2, seed: int = 0, std: float = 0.3) -> torch.Tensor:
+    """Loud white noise [B, samples]: every spectral bin is far above every floor."""
+    g = torch.Generator().manual_seed(seed)
+    return std * torch.randn(batch, int(seconds * SR), generator=g)
+
+
+def tones(freqs, seconds: float = 1.0, amps=None) -> torch.Tensor:
+    """Sum of sines with whole numbers of cycles in the signal (no spectral leakage) [samples]."""
+    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
+    amps = amps or [1.0] * len(freqs)
+    return sum(a * torch.sin(2 * math.pi * f * t) for f, a in zip(freqs, amps)).float()
+
+
+def speechlike(seconds: float = 3.0, seed: int = 0) -> np.ndarray:
+    """Voiced harmonic source (f0 around 140 Hz with intonation) plus breath noise, in 3 Hz syllables with pauses."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 140 + 20 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 40) if k * 160 < 7500)
+    env = np.clip(np.sin(2 * np.pi * 3.0 * t), 0, None) ** 0.5
+    x = voiced * env + 0.05 * rng.standard_normal(t.size) * env
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def frontend() -> MelFrontEnd:
+    return MelFrontEnd(AudioSpec())
+
+
+DISTANCES = {
+    "log_mel_db": lambda r, e: M.log_mel_distance_db(r, e, MelFrontEnd()),
+    "mel_multiscale": M.multiscale_mel_distance,
+    "mr_stft": M.multi_resolution_stft_distance,
+    "lsd_db": M.log_spectral_distance,
+}
+
+
+# --- shapes and validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        M.multiscale_mel_distance,
+        M.multi_resolution_stft_distance,
+        M.log_spectral_distance,
+        M.si_sdr,
+        M.snr,
+        M.high_frequency_retention,
+        M.pesq_wb,
+        M.stoi,
+        lambda r, e: M.log_mel_distance_db(r, e, MelFrontEnd()),
+    ],
+)
+def test_mismatched_shapes_raise(fn):
+    ref = noise(1.0)
+    with pytest.raises(ValueError, match="shape"):
+        fn(ref, ref[:, :-1])
+    with pytest.raises(ValueError, match="shape"):
+        fn(ref, ref[:1])
+    with pytest.raises(ValueError):
+        fn(ref[0], ref[0])  # [samples] is not [batch, samples]
+
+
+def test_latent_snr_shape_mismatch_raises():
+    z = torch.randn(2, 8, 16, 4)
+    with pytest.raises(ValueError):
+        M.latent_snr(z, z[:, :, :-1])
+
+
+def test_compute_all_gives_one_value_per_item_and_zero_distance_for_identical(frontend):
+    ref = noise(1.0, batch=2)
+    est = ref.clone()
+    out = M.compute_all(ref, est, frontend, include_perceptual=False)
+    assert set(out) == set(M.WAVEFORM_METRICS)
+    for name, value in out.items():
+        assert value.shape == (2,), name
+        assert value.dtype == torch.float32, name
+        assert torch.isfinite(value).all(), name
+    for name in ("log_mel_db", "mel_multiscale", "mr_stft", "lsd_db"):
+        assert torch.allclose(out[name], torch.zeros(2), atol=1e-6), name
+    assert torch.allclose(out["hf_retention"], torch.ones(2))
+    assert (out["snr_db"] > 60).all() and (out["si_sdr_db"] > 60).all()
+
+
+def test_compute_all_includes_perceptual(frontend):
+    x = torch.from_numpy(np.stack([speechlike(3.0, 0), speechlike(3.0, 1)]))
+    out = M.compute_all(x, 0.5 * x + 0.01 * noise(3.0, seed=3), frontend)
+    assert set(out) == set(M.WAVEFORM_METRICS) | set(M.PERCEPTUAL_METRICS)
+    assert out["pesq_wb"].shape == (2,) and out["stoi"].shape == (2,)
+    assert torch.isfinite(out["pesq_wb"]).all() and torch.isfinite(out["stoi"]).all()
+
+
+# --- distances: 0 for identical, exact values for a pure gain ------------------------------------
+
+
+@pytest.mark.parametrize("name", list(DISTANCES))
+def test_distances_zero_for_identical_and_positive_otherwise(name):
+    ref = noise(1.0)
+    fn = DISTANCES[name]
+    assert torch.allclose(fn(ref, ref.clone()), torch.zeros(2), atol=1e-6)
+    other = fn(ref, ref + 0.1 * noise(1.0, seed=7))
+    assert (other > 0.01).all()
+
+
+def test_log_mel_distance_of_a_gain_is_its_size_in_db(frontend):
+    ref = noise(2.0)
+    assert (frontend(ref) > math.log(1e-5) + 5).all()  # no bin anywhere near the floor
+    for g in (0.5, 2.0, 0.1):
+        d = M.log_mel_distance_db(ref, g * ref, frontend)
+        assert torch.allclose(d, torch.full((2,), abs(20 * math.log10(g))), atol=1e-3), (g, d)
+
+
+def test_log_mel_distance_default_frontend_matches():
+    ref = noise(1.0)
+    assert torch.allclose(M.log_mel_distance_db(ref, 0.5 * ref), torch.full((2,), DB_HALF), atol=1e-3)
+
+
+def test_log_spectral_distance_of_a_gain_is_its_size_in_db():
+    ref = noise(2.0)
+    for g in (0.5, 3.0):
+        d = M.log_spectral_distance(ref, g * ref)
+        assert torch.allclose(d, torch.full((2,), abs(20 * math.log10(g))), atol=1e-3), (g, d)
+
+
+def test_log_spectral_distance_is_rms_over_freqs_then_mean_over_frames():
+    # A gain of 2 on the first half only: about half of the frames differ by 6.02 dB in every bin
+    # and half by 0 dB. Mean over frames of the per-frame RMS gives ~3.01 dB; an RMS over all
+    # frames and bins at once would give ~4.26 dB.
+    ref = noise(2.0, batch=1)
+    est = ref.clone()
+    est[:, : ref.shape[1] // 2] *= 2.0
+    d = M.log_spectral_distance(ref, est).item()
+    assert abs(d - DB_HALF / 2) < 0.15, d
+
+
+def test_multiscale_mel_distance_of_a_gain():
+    ref = noise(1.0)
+    g = 0.5
+    d = M.multiscale_mel_distance(ref, g * ref)  # DAC setting: pow 1, log10, 7 scales, summed
+    assert torch.allclose(d, torch.full((2,), 7 * abs(math.log10(g))), rtol=1e-3), d
+    d2 = M.multiscale_mel_distance(ref, g * ref, pow=2.0)  # log10(m^2) doubles every term
+    assert torch.allclose(d2, 2 * d, rtol=1e-4)
+    # the magnitude term: mean |M(g x) - M(x)| = (1 - g) mean M(x) for one scale
+    one = M.multiscale_mel_distance(ref, g * ref, window_lengths=[512], n_mels=[80], log_weight=0.0, mag_weight=1.0)
+    fb = torch.from_numpy(librosa.filters.mel(sr=SR, n_fft=512, n_mels=80)).float()
+    mel = fb @ torch.stft(ref, 512, 128, window=torch.hann_window(512), return_complex=True).abs()
+    assert torch.allclose(one, (1 - g) * mel.mean(dim=(1, 2)), rtol=1e-4)
+
+
+def test_multiscale_mel_distance_penalises_lost_high_band_more_at_fine_scales_too():
+    ref = noise(1.0)
+    spec = torch.fft.rfft(ref)
+    spec[:, torch.fft.rfftfreq(ref.shape[1], 1 / SR) > 4000] = 0
+    lowpassed = torch.fft.irfft(spec, n=ref.shape[1])
+    d_lp = M.multiscale_mel_distance(ref, lowpassed)
+    d_gain = M.multiscale_mel_distance(ref, 0.9 * ref)
+    assert (d_lp > 10 * d_gain).all()
+
+
+def test_multi_resolution_stft_distance_of_a_gain():
+    ref = noise(1.0)
+    for g in (0.5, 2.0):
+        d = M.multi_resolution_stft_distance(ref, g * ref)
+        expected = abs(1 - g) + abs(math.log(g))  # spectral convergence + natural-log magnitude L1
+        assert torch.allclose(d, torch.full((2,), expected), atol=1e-4), (g, d)
+
+
+# --- SNR family ---------------------------------------------------------------------------------
+
+
+def test_snr_of_half_gain_is_6_02_db():
+    ref = noise(1.0)
+    assert torch.allclose(M.snr(ref, 0.5 * ref), torch.full((2,), DB_HALF), atol=1e-4)
+
+
+def test_snr_with_independent_noise_of_known_power():
+    ref = tones([440.0, 1000.0], 2.0, amps=[1.0, 1.0]).expand(2, -1)  # power 0.5 + 0.5 = 1
+    n = noise(2.0, seed=5, std=0.05)  # power 0.0025
+    d = M.snr(ref, ref + n)
+    assert torch.allclose(d, torch.full((2,), 10 * math.log10(1 / 0.0025)), atol=0.1), d  # 26.02 dB
+
+
+def test_snr_and_si_sdr_agree_with_torchmetrics():
+    ref = noise(1.0, seed=1) + 0.2  # a DC offset, so zero-mean handling matters
+    est = 0.7 * ref + 0.3 * noise(1.0, seed=2) - 0.1
+    assert torch.allclose(M.snr(ref, est), signal_noise_ratio(est, ref, zero_mean=False), atol=1e-4)
+    tm = scale_invariant_signal_distortion_ratio(est, ref, zero_mean=True)
+    assert torch.allclose(M.si_sdr(ref, est), tm, atol=1e-4)
+    assert not torch.allclose(M.si_sdr(ref, est), scale_invariant_signal_distortion_ratio(est, ref), atol=1e-2)
+
+
+def test_si_sdr_known_value_and_scale_invariance():
+    ref = noise(1.0, seed=1)
+    ref = ref - ref.mean(dim=1, keepdim=True)
+    n = noise(1.0, seed=2, std=0.1)
+    n = n - n.mean(dim=1, keepdim=True)
+    n = n - (n * ref).sum(1, keepdim=True) / (ref * ref).sum(1, keepdim=True) * ref  # orthogonal to ref
+    a = 0.6
+    expected = 10 * torch.log10(a**2 * (ref**2).sum(1) / (n**2).sum(1))
+    d = M.si_sdr(ref, a * ref + n)
+    assert torch.allclose(d, expected, atol=1e-3)
+    assert torch.allclose(M.si_sdr(ref, 5.0 * (a * ref + n)), d, atol=1e-3)  # scale-invariant
+    assert torch.allclose(M.si_sdr(ref, a * ref + n + 0.3), d, atol=1e-3)  # offset-invariant
+    big = M.si_sdr(ref, 0.5 * ref)  # perfect up to scale: guarded, large and finite
+    assert torch.isfinite(big).all() and (big > 80).all()
+
+
+def test_latent_snr():
+    z = torch.randn(2, 8, 64, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(M.latent_snr(z, 0.5 * z), torch.full((2,), DB_HALF), atol=1e-4)
+    z_hat = z.clone()
+    z_hat[1] = 0.9 * z[1]  # item 1 off by 10 %: 20 dB; item 0 exact: guarded, large
+    d = M.latent_snr(z, z_hat)
+    assert d.shape == (2,)
+    assert abs(d[1].item() - 20.0) < 1e-3 and d[0].item() > 80
+
+
+# --- high-frequency retention ------------------------------------------------------------------
+
+
+def test_high_frequency_retention():
+    low = tones([300.0, 1000.0, 2500.0])
+    high = tones([5000.0, 7000.0])
+    ref = torch.stack([low + high, low + 0.5 * high])
+    assert torch.allclose(M.high_frequency_retention(ref, ref.clone()), torch.ones(2))
+    lost = M.high_frequency_retention(ref, low.expand(2, -1))
+    assert (lost < 1e-6).all(), lost
+    halved = M.high_frequency_retention(ref, torch.stack([low + 0.5 * high, low + 0.25 * high]))
+    assert torch.allclose(halved, torch.full((2,), 0.25), atol=1e-4)  # energy ratio: 0.5^2
+    # the band is strictly above the cutoff: with a 6 kHz cutoff only the 7 kHz tone counts
+    only7 = M.high_frequency_retention(ref, (low + tones([7000.0])).expand(2, -1), cutoff_hz=6000.0)
+    assert torch.allclose(only7, torch.tensor([1.0, 4.0]), atol=1e-4)
+
+
+def test_high_frequency_retention_rejects_cutoff_beyond_nyquist():
+    ref = noise(0.5)
+    with pytest.raises(ValueError, match="8000"):
+        M.high_frequency_retention(ref, ref, cutoff_hz=8000.0)
+
+
+# --- perceptual ---------------------------------------------------------------------------------
+
+
+def test_pesq_and_stoi_high_for_identical_low_for_noise():
+    x = torch.from_numpy(np.stack([speechlike(3.0, 0), speechlike(3.0, 1)]))
+    n = noise(3.0, seed=9, std=0.1)
+    p_same, p_noise = M.pesq_wb(x, x.clone()), M.pesq_wb(x, n)
+    s_same, s_noise = M.stoi(x, x.clone()), M.stoi(x, n)
+    assert p_same.shape == s_same.shape == (2,)
+    assert (p_same >= 4.0).all(), p_same
+    assert (p_noise < 1.5).all() and (p_same - p_noise > 2.5).all(), p_noise
+    assert (s_same >= 0.99).all(), s_same
+    assert (s_noise < 0.5).all(), s_noise
+
+
+def test_silent_input_gives_nan_and_a_logged_warning(caplog):
+    x = torch.from_numpy(np.stack([speechlike(2.0, 0), speechlike(2.0, 1)]))
+    ref = x.clone()
+    ref[1] = 0.0  # item 1: silent reference
+    with caplog.at_level(logging.WARNING, logger="recon.metrics"):
+        p = M.pesq_wb(ref, x)
+        s = M.stoi(ref, x)
+    assert math.isfinite(p[0].item()) and math.isnan(p[1].item())
+    assert math.isfinite(s[0].item()) and math.isnan(s[1].item())
+    messages = [r.getMessage() for r in caplog.records if r.name == "recon.metrics" and r.levelno == logging.WARNING]
+    assert any("pesq_wb" in m and "item 1" in m and "silent" in m for m in messages), messages
+    assert any("stoi" in m and "item 1" in m and "silent" in m for m in messages), messages
+    assert not any("item 0" in m for m in messages)
+
+
+def test_pesq_and_stoi_rejections_are_nan_with_the_reason(caplog):
+    x = torch.from_numpy(speechlike(2.0, 0)).unsqueeze(0)
+    with caplog.at_level(logging.WARNING, logger="recon.metrics"):
+        p = M.pesq_wb(x, torch.zeros_like(x))  # silent estimate: the PESQ library cannot score it
+        short = M.pesq_wb(x[:, :2000], x[:, :2000])  # 0.125 s: shorter than PESQ accepts
+        s_short = M.stoi(x[:, :4800], x[:, :4800])  # 0.3 s: fewer than 30 STOI frames
+        s_silent_est = M.stoi(x, torch.zeros_like(x))  # defined: no intelligibility left
+    assert math.isnan(p.item()) and math.isnan(short.item()) and math.isnan(s_short.item())
+    assert 0.0 <= s_silent_est.item() < 0.1
+    messages = [r.getMessage() for r in caplog.records if r.name == "recon.metrics"]
+    assert len(messages) == 3, messages
+    assert any("pesq_wb" in m and "estimate is silent" in m for m in messages), messages
+    assert any("pesq_wb" in m and "PESQ failed" in m and "BufferTooShort" in m for m in messages), messages
+    assert any(m.startswith("stoi") and "Not enough STFT frames" in m for m in messages), messages
+
+
+# --- bitrate ------------------------------------------------------------------------------------
+
+
+def test_bitrate_constants():
+    assert M.LATENT_VECTORS_PER_SECOND == 400.0  # [8, 256, 16] latent per 10.24 s
+    assert M.bitrate_bps(math.log2(1024), 400) == 4000.0
+    assert M.CODEBOOK_HARD_BPS == 4000.0
+    assert M.bitrate_bps(8, 400) == 3200.0

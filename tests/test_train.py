@@ -1,0 +1,166 @@
+"""Codebook training on the frozen tiny backbone: it learns, resumes exactly, and checkpoints stay honest."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from recon.cache import LatentCache, LatentDataset, backbone_fingerprint
+from recon.codebook import CodebookConfig
+from recon.data import AudioDataModule, AudioFolder
+from recon.lit import CodebookTrainer, load_codebook_trainer
+from tests.conftest import write_tone
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audio")
+    for i, freq in enumerate([220, 330, 440, 660, 880, 1320]):
+        write_tone(root / f"tone_{i}.wav", 4.0, freq=freq, seed=i)
+    return root
+
+
+def make_trainer(tmp_path: Path, max_steps: int, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+def codebook_config(**overrides) -> CodebookConfig:
+    base = dict(num_codes=64, dim=8, update="grad", kmeans_init=False, dead_code_threshold=2)
+    return CodebookConfig(**{**base, **overrides})
+
+
+def test_loss_falls_and_usage_rises(tmp_path, audio_dir):
+    L.seed_everything(0)
+    model = CodebookTrainer(backbone="random:tiny", codebook=codebook_config(), lr=0.05)
+    dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0, seed=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model.quantizer.eval()
+    with torch.no_grad():
+        before = model.quantizer(model.select_latent(*model.posterior(batch)))
+    make_trainer(tmp_path, max_steps=30).fit(model, datamodule=dm)
+    model.quantizer.eval()
+    with torch.no_grad():
+        after = model.quantizer(model.select_latent(*model.posterior(batch)))
+    assert after.loss < 0.5 * before.loss
+    assert after.usage > before.usage
+
+
+def test_cache_is_built_once_and_serves_the_encoder_output(tmp_path, audio_dir):
+    model = CodebookTrainer(backbone="random:tiny", codebook=codebook_config())
+    dataset = AudioFolder(audio_dir)
+    cache = LatentCache(tmp_path / "cache", backbone_fingerprint(model.backbone))
+    assert cache.build(dataset, model.backbone, progress=False) == len(dataset)
+    assert cache.build(dataset, model.backbone, progress=False) == 0
+    item = LatentDataset(dataset, cache)[3]
+    posterior = model.backbone.encode(model.frontend(dataset[3]["wav"][None]))
+    torch.testing.assert_close(item["mean"], posterior.mean[0])
+    torch.testing.assert_close(item["std"], posterior.std[0])
+    assert sum(f.stat().st_size for f in cache.dir.iterdir()) <= len(dataset) * (2 * 8 * 256 * 16 * 4 + 256)
+    # Changed audio: a new entry. Changed backbone weights: a new fingerprint.
+    write_tone(tmp_path / "a" / "x.wav", 3.0, freq=500)
+    changed = AudioFolder(tmp_path / "a")
+    first = cache.entry(changed, 0)
+    write_tone(tmp_path / "a" / "x.wav", 3.0, freq=700)
+    assert LatentCache(tmp_path / "cache", cache.dir.name).entry(AudioFolder(tmp_path / "a"), 0) != first
+    other = CodebookTrainer(backbone="random:tiny", codebook=codebook_config())
+    torch.nn.init.normal_(next(other.backbone.vae.encoder.parameters()))
+    assert backbone_fingerprint(other.backbone) != cache.dir.name
+
+
+def test_training_from_cache_matches_training_from_audio(tmp_path, audio_dir):
+    def run(cache_dir):
+        L.seed_everything(0)
+        model = CodebookTrainer(backbone="random:tiny", codebook=codebook_config(update="ema", kmeans_init=True))
+        dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0, cache_dir=cache_dir)
+        make_trainer(tmp_path, max_steps=6).fit(model, datamodule=dm)
+        return model.quantizer.codebook.detach().clone()
+
+    torch.testing.assert_close(run(None), run(str(tmp_path / "cache")), atol=1e-5, rtol=1e-5)
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, audio_dir):
+    cfg = codebook_config(update="grad", kmeans_init=True, dead_code_threshold=3)
+
+    def fit(max_steps, ckpt_path=None, checkpoint_every=None):
+        L.seed_everything(0)
+        model = CodebookTrainer(backbone="random:tiny", codebook=cfg, lr=0.01, latent="sample")
+        dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0, seed=0)
+        callbacks = []
+        if checkpoint_every:
+            callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=checkpoint_every, save_top_k=-1, filename="{step}"))
+        make_trainer(tmp_path, max_steps=max_steps, callbacks=callbacks).fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model.quantizer.codebook.detach().clone()
+
+    # 6 files / batch 2 = 3 batches per epoch: step 4 is in the middle of the second epoch.
+    straight = fit(8)
+    fit(4, checkpoint_every=4)
+    resumed = fit(8, ckpt_path=str(tmp_path / "ckpt" / "step=4.ckpt"))
+    torch.testing.assert_close(resumed, straight, atol=1e-6, rtol=1e-6)
+    restarted_fresh = fit(4)
+    assert not torch.allclose(restarted_fresh, straight)
+
+
+def test_checkpoint_holds_codebook_not_backbone_and_refuses_other_shapes(tmp_path, audio_dir):
+    model = CodebookTrainer(backbone="random:tiny", codebook=codebook_config(kmeans_init=True))
+    dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0)
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "cb.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    assert not any(k.startswith("backbone.") for k in ckpt["state_dict"])
+    assert ckpt["recon"]["codebook"]["num_codes"] == 64 and ckpt["recon"]["spec"]["sample_rate"] == 16000
+    assert path.stat().st_size < 200_000
+    loaded = load_codebook_trainer(str(path))
+    assert torch.equal(loaded.quantizer.codebook, model.quantizer.codebook)
+    with pytest.raises(ValueError, match="vae_block_out_channels: checkpoint \\[8, 16, 16\\] vs backbone \\[128, 256, 512\\]"):
+        load_codebook_trainer(str(path), backbone="random:full")
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK")}
+    env.update(WANDB_MODE="offline", WANDB_DIR=str(cwd), WANDB_DATA_DIR=str(cwd / "wandb-data"), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_tiny_config_trains_from_the_command_line(tmp_path):
+    result = run_cli(
+        ["fit", "--config", str(ROOT / "configs/tiny.yaml"), "--data.root", str(ROOT / "examples/audio"), "--trainer.max_steps", "8"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "tiny" / "last.ckpt").is_file()
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize("codebook", ["codebook_hard.yaml", "codebook_soft.yaml"])
+def test_per_concern_configs_compose_and_run(tmp_path, audio_dir, codebook):
+    configs = [f"--config={ROOT / 'configs' / name}" for name in ("trainer.yaml", "backbone.yaml", "data.yaml", codebook)]
+    result = run_cli(
+        ["fit", *configs, "--model.backbone", "random:tiny", "--data.root", str(audio_dir), "--data.num_workers", "0",
+         "--trainer.max_steps", "3", "--trainer.logger", "false", "--model.kmeans_init_batches", "1"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "codebook" / "last.ckpt").is_file()
