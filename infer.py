@@ -1,0 +1,118 @@
+"""Run every reconstruction variant on a folder of audio and compare them.
+
+    python infer.py --ckpt checkpoints/demo/codebook-tiny.ckpt --input examples/audio --output outputs/demo
+    python infer.py --ckpt CKPT --input FOLDER --output OUT --devices 2 --accelerator cpu --strategy ddp
+
+Writes OUT/<variant>/<file>.wav, OUT/input/<file>.wav, OUT/metrics.csv, OUT/summary.json,
+OUT/errors.csv and OUT/report.html; logs a W&B table (offline by default). Exit status 1 when any
+input failed (see errors.csv), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from recon.audio import MelFrontEnd
+from recon.backbone import HUB_ID, FrozenAudioLDM2
+from recon.lit import load_codebook_trainer
+from recon.report import log_to_wandb, write_html_report
+from recon.runner import InferenceFiles, ResultWriter, RunInfo, VariantRunner, collate_files
+from recon.variants import VARIANTS, Models, VariantSettings, resolve
+
+log = logging.getLogger("recon.infer")
+RESULT_NAMES = ("metrics.csv", "summary.json", "errors.csv", "report.html")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    variant_help = "; ".join(f"{v.name}: {v.description}" for v in VARIANTS.values())
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="trained codebook checkpoint (train.py); without it the codebook variants are skipped")
+    p.add_argument("--input", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
+    p.add_argument("--output", default="outputs/recon", help="output folder (default: %(default)s)")
+    p.add_argument("--backbone", help=f"backbone source overriding the checkpoint's (default without --ckpt: {HUB_ID}); a folder, hub id or random:tiny|full")
+    p.add_argument("--variants", default="all", help=f"comma-separated variants or 'all'. {variant_help}")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    p.add_argument("--devices", default="1", help="number of devices, or 'auto'")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (Lightning strategies)")
+    p.add_argument("--precision", default="32-true", help="32-true (default), bf16-mixed, 16-mixed")
+    p.add_argument("--batch-size", type=int, default=4, help="10.24 s segments per forward pass (and files per step)")
+    p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
+    p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
+    p.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --output")
+    p.add_argument("--wandb", choices=("off", "offline", "online"), default="offline")
+    p.add_argument("--wandb-project", default="recon")
+    p.add_argument("--report-max-files", type=int, default=12, help="files with audio players in report.html and W&B")
+    p.add_argument("--no-perceptual", action="store_true", help="skip PESQ and STOI (slow, meaningful for speech)")
+    return p.parse_args(argv)
+
+
+def is_launch_process() -> bool:
+    """False in the processes Lightning's DDP launcher starts for ranks > 0."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    existing = [name for name in RESULT_NAMES if (out / name).exists()]
+    existing += [p.name + "/" for p in out.iterdir() if p.is_dir() and any(p.rglob("*.wav"))] if out.is_dir() else []
+    if existing and not overwrite:
+        raise SystemExit(f"error: {out} already holds results ({', '.join(sorted(existing))}); pass --overwrite or choose another --output")
+
+
+def load_models(args: argparse.Namespace) -> Models:
+    if args.ckpt:
+        if not Path(args.ckpt).is_file():
+            raise SystemExit(f"error: no checkpoint at {args.ckpt}")
+        trainer_module = load_codebook_trainer(args.ckpt, backbone=args.backbone)
+        backbone, quantizer = trainer_module.backbone, trainer_module.quantizer.eval()
+    else:
+        backbone, quantizer = FrozenAudioLDM2.from_source(args.backbone or HUB_ID), None
+    return Models(backbone=backbone, frontend=MelFrontEnd(backbone.spec), quantizer=quantizer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.output)
+    if is_launch_process():
+        check_output(out, args.overwrite)
+    models = load_models(args)
+    variants = resolve(args.variants, {"codebook": models.quantizer is not None})
+    dataset = InferenceFiles(args.input, models.backbone.spec)
+    if len(dataset) == 0:
+        raise SystemExit(f"error: no audio files found in {' '.join(args.input)}")
+    settings = VariantSettings(seed=args.seed)
+    run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite",)}
+    run_settings["backbone_source"] = models.backbone.source
+    writer = ResultWriter(out, RunInfo(variants, run_settings), models.backbone.spec, perceptual=not args.no_perceptual)
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=int(args.devices) if args.devices.isdigit() else args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        precision=args.precision,
+        logger=False,
+        callbacks=[writer],
+        enable_model_summary=False,
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_files)
+    runner = VariantRunner(models, variants, settings, segment_batch=args.batch_size)
+    trainer.predict(runner, loader, return_predictions=False)
+    if not trainer.is_global_zero:
+        return 0
+    write_html_report(out, max_files=args.report_max_files)
+    log_to_wandb(out, mode=args.wandb, project=args.wandb_project, max_files=args.report_max_files, config=run_settings)
+    errors = (out / "errors.csv").read_text().strip().splitlines()[1:]
+    print(f"wrote {out}/ (report: {out / 'report.html'}); {len(errors)} input(s) failed" + (f", see {out / 'errors.csv'}" if errors else ""))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Reconstruction variants: one registered function each, all sharing one encode per batch.
+
+A variant takes a :class:`VariantInput` (the batch's waveforms, log-mels and posterior, computed
+once) and the loaded :class:`Models`, and returns a :class:`Reconstruction`. New variants are
+added with ``@register(...)``. No variant falls back to another: a variant that cannot run (a
+missing codebook, say) is an error.
+
+Each function's docstring says which script of the original experiments it stands for and what it
+does *correctly* where that script went wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torchaudio.functional as AF
+from torch import Tensor
+
+from .audio import AudioSpec, MelFrontEnd
+from .backbone import FrozenAudioLDM2
+from .codebook import VectorQuantizer
+from .metrics import CODEBOOK_HARD_BPS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VariantInput:
+    """One chunk of segments, everything a variant may need, computed once."""
+
+    wav: Tensor  # [B, samples], model-ready (normalised) segments
+    logmel: Tensor  # [B, 1, frames, mels]
+    mean: Tensor  # [B, 8, T/4, F/4] posterior mean (unscaled)
+    std: Tensor  # posterior std
+    keys: list[str]  # one stable key per segment ("file#segment"): seeds are per segment, not per batch
+
+
+@dataclass
+class Reconstruction:
+    wav: Tensor  # [B, samples]
+    latent: Tensor | None = None  # the latent that was decoded, when it stands for the input's latent
+    notes: list[list[str]] = field(default_factory=list)  # per segment: what the variant did (e.g. a rescale)
+
+
+@dataclass
+class Models:
+    backbone: FrozenAudioLDM2
+    frontend: MelFrontEnd
+    quantizer: VectorQuantizer | None = None
+    diffusion: object | None = None  # recon.diffusion components, loaded only for diffusion variants
+
+    def require_quantizer(self, variant: str) -> VectorQuantizer:
+        if self.quantizer is None:
+            raise ValueError(f"variant '{variant}' needs a trained codebook: pass --ckpt")
+        return self.quantizer
+
+
+@dataclass
+class VariantSettings:
+    seed: int = 0
+    griffinlim_iters: int = 64
+    mixed_smoothing: bool = True
+    soft_temperature: float | None = None  # None: the temperature the codebook was trained to
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    fn: Callable[[VariantInput, Models, VariantSettings], Reconstruction]
+    description: str
+    requires: tuple[str, ...] = ()  # "codebook", "diffusion"
+    is_reconstruction: bool = True
+    bitrate_bps: float | None = None  # None: not a bitstream
+    uses_latent: bool = True
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register(name: str, description: str, **kwargs) -> Callable:
+    def wrap(fn):
+        if name in VARIANTS:
+            raise ValueError(f"variant '{name}' is registered twice")
+        VARIANTS[name] = Variant(name, fn, description, **kwargs)
+        return fn
+
+    return wrap
+
+
+# ---------------------------------------------------------------------- shared steps
+def seeded_normal(keys: list[str], shape: tuple[int, ...], seed: int, like: Tensor) -> Tensor:
+    """Standard normal noise, one independent seeded stream per segment key (batching-invariant)."""
+    draws = []
+    for key in keys:
+        digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        draws.append(torch.randn(shape, generator=gen))
+    return torch.stack(draws).to(device=like.device, dtype=like.dtype)
+
+
+def rescale_std(z: Tensor, threshold: float, target: float) -> tuple[Tensor, Tensor]:
+    """Per item: if std(z) > threshold, scale z to std ``target``. Returns (z, fired [B])."""
+    std = z.flatten(1).std(dim=1)
+    fired = std > threshold
+    factor = torch.where(fired, target / std.clamp_min(1e-12), torch.ones_like(std))
+    return z * factor.view(-1, *([1] * (z.dim() - 1))), fired
+
+
+def rms_gain(reference: Tensor, output: Tensor, lo: float, hi: float) -> Tensor:
+    """Match the output's RMS to the reference's, with the gain clipped to [lo, hi]."""
+    rms = lambda x: x.pow(2).mean(dim=-1, keepdim=True).sqrt()  # noqa: E731
+    gain = (rms(reference) / rms(output).clamp_min(1e-8)).clamp(lo, hi)
+    return output * gain
+
+
+def peak_guard(wav: Tensor) -> Tensor:
+    """Peak-normalise items whose |peak| exceeds 1 (never hard-clip)."""
+    peak = wav.abs().amax(dim=-1, keepdim=True)
+    return torch.where(peak > 1, wav / peak, wav)
+
+
+def highpass_zero_phase(wav: Tensor, cutoff_hz: float, sample_rate: int) -> Tensor:
+    """First-order RC high-pass run forward and backward (zero phase)."""
+    rc = 1.0 / (2 * math.pi * cutoff_hz)
+    alpha = rc / (rc + 1.0 / sample_rate)
+    b = torch.tensor([alpha, -alpha], dtype=wav.dtype, device=wav.device)
+    a = torch.tensor([1.0, -alpha], dtype=wav.dtype, device=wav.device)
+    return AF.filtfilt(wav, a, b, clamp=False)
+
+
+def decode_and_vocode(models: Models, z: Tensor, num_samples: int) -> Tensor:
+    return models.backbone.vocode(models.backbone.decode(z), num_samples).float()
+
+
+def notes_for(fired: Tensor, message: str) -> list[list[str]]:
+    return [[message] if f else [] for f in fired.tolist()]
+
+
+# ---------------------------------------------------------------------- VAE variants
+@register("vae_mode", "posterior mode -> decode -> vocoder (the control)")
+def vae_mode(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """The core of every seed script: decode the posterior mode and vocode it."""
+    return Reconstruction(decode_and_vocode(models, x.mean, x.wav.shape[-1]), latent=x.mean)
+
+
+@register("vae_sample", "one seeded posterior sample -> decode -> vocoder")
+def vae_sample(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"Critical Fix": a posterior sample (seeded per segment), no loudness matching."""
+    z = x.mean + x.std * seeded_normal(x.keys, tuple(x.mean.shape[1:]), settings.seed, x.mean)
+    return Reconstruction(decode_and_vocode(models, z, x.wav.shape[-1]), latent=z)
+
+
+@register("vae_clamped", "mode, latent std clamped to 3.0, loudness matched")
+def vae_clamped(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"Ultimate Fix": mode; rescale to std 3.0 when larger (noted); RMS gain in [0.1, 10]."""
+    z, fired = rescale_std(x.mean, threshold=3.0, target=3.0)
+    wav = rms_gain(x.wav, decode_and_vocode(models, z, x.wav.shape[-1]), 0.1, 10.0)
+    return Reconstruction(peak_guard(wav), latent=z, notes=notes_for(fired, "latent std > 3.0: rescaled to 3.0"))
+
+
+HIGH_BAND_START = 48  # mel bins 48-63 are the top quarter of the 0-8 kHz band
+
+
+@register("vae_highfreq", "mode, std clamp 5->4.5, high-band shelf on mel bins >= 48")
+def vae_highfreq(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"V5 High Freq": mode; if std > 5 rescale to 4.5; boost the high band of the decoded log-mel.
+
+    With mid / high = mean decoded log-mel over bins 0-47 / 48-63 (per item), when
+    high < mid - 2, add ln(g) to bins >= 48 with g = 1 + min(0.5, (mid - high) / 10): a gain on
+    the magnitude is an *addition* in the log domain (the original multiplied negative log values
+    by g, which cut the band, and its trigger sliced time frames, so it never fired). Then RMS
+    gain in [0.3, 3]. Nothing exists above 8 kHz at 16 kHz; the shelf acts on 5.3-8 kHz.
+    """
+    z, fired = rescale_std(x.mean, threshold=5.0, target=4.5)
+    mel = models.backbone.decode(z).float()
+    mid = mel[..., :HIGH_BAND_START].mean(dim=(1, 2, 3))
+    high = mel[..., HIGH_BAND_START:].mean(dim=(1, 2, 3))
+    shelf = high < mid - 2
+    gain = 1 + torch.clamp((mid - high) / 10, max=0.5)
+    boost = torch.where(shelf, torch.log(gain), torch.zeros_like(gain)).view(-1, 1, 1, 1)
+    band = torch.zeros_like(mel)
+    band[..., HIGH_BAND_START:] = 1.0
+    mel = mel + boost * band
+    wav = rms_gain(x.wav, models.backbone.vocode(mel, x.wav.shape[-1]).float(), 0.3, 3.0)
+    notes = [
+        ([f"latent std > 5.0: rescaled to 4.5"] if f else []) + ([f"high band boosted by {g:.2f}x"] if s else [])
+        for f, s, g in zip(fired.tolist(), shelf.tolist(), gain.tolist())
+    ]
+    return Reconstruction(peak_guard(wav), latent=z, notes=notes)
+
+
+@register("vae_mixed", "0.7 mode + 0.3 sample, conditioned, time-smoothed, 50 Hz high-pass")
+def vae_mixed(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"Final Optimized": z = 0.7·mode + 0.3·sample (seeded); if std > 4 rescale to 3.5; if
+    |mean| > 2 subtract 0.3·mean; 3-tap smoothing along *time* (replicate padding); RMS gain in
+    [0.2, 5]; zero-phase first-order 50 Hz high-pass."""
+    sample = x.mean + x.std * seeded_normal(x.keys, tuple(x.mean.shape[1:]), settings.seed, x.mean)
+    z, fired = rescale_std(0.7 * x.mean + 0.3 * sample, threshold=4.0, target=3.5)
+    offset = z.flatten(1).mean(dim=1).view(-1, 1, 1, 1)
+    z = torch.where(offset.abs() > 2, z - 0.3 * offset, z)
+    if settings.mixed_smoothing:
+        # Latent layout [B, C, time, freq]: smooth along dim 2 only.
+        padded = torch.nn.functional.pad(z, (0, 0, 1, 1), mode="replicate")
+        z = (padded[:, :, :-2] + padded[:, :, 1:-1] + padded[:, :, 2:]) / 3
+    wav = rms_gain(x.wav, decode_and_vocode(models, z, x.wav.shape[-1]), 0.2, 5.0)
+    wav = highpass_zero_phase(wav, 50.0, models.backbone.spec.sample_rate)
+    return Reconstruction(peak_guard(wav), latent=z, notes=notes_for(fired, "latent std > 4.0: rescaled to 3.5"))
+
+
+# ---------------------------------------------------------------------- spectrogram-only baselines
+@register("vocoder_only", "input log-mel -> vocoder (the vocoder's ceiling)", uses_latent=False)
+def vocoder_only(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """The input's own log-mel straight into HiFi-GAN: no VAE in the path."""
+    return Reconstruction(models.backbone.vocode(x.logmel, x.wav.shape[-1]).float())
+
+
+@register("griffinlim", "input log-mel -> pseudo-inverse mel -> Griffin-Lim (64 iterations)", uses_latent=False)
+def griffinlim(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """Explicit baseline (never a fallback): exp(log-mel) -> linear magnitude by the mel basis'
+    pseudo-inverse (power 1: the mel is a magnitude mel) -> Griffin-Lim, fixed seed."""
+    spec: AudioSpec = models.frontend.spec
+    basis = models.frontend.mel_basis.to(x.logmel.device, torch.float32)
+    magnitude = torch.linalg.pinv(basis) @ x.logmel.float().squeeze(1).exp().transpose(1, 2)
+    magnitude = magnitude.clamp_min(0)
+    # The front-end drops the STFT's last frame; repeat one so istft spans the full length.
+    magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)
+    window = torch.hann_window(spec.win_length, periodic=True, device=magnitude.device)
+    with torch.random.fork_rng(devices=[magnitude.device] if magnitude.device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        wav = AF.griffinlim(
+            magnitude, window, spec.n_fft, spec.hop_length, spec.win_length, power=1.0,
+            n_iter=settings.griffinlim_iters, momentum=0.99, length=x.wav.shape[-1], rand_init=True,
+        )
+    return Reconstruction(peak_guard(wav.float()))
+
+
+# ---------------------------------------------------------------------- codebook variants
+@register("codebook_hard", "nearest trained code per latent vector -> decode -> vocoder", requires=("codebook",), bitrate_bps=CODEBOOK_HARD_BPS)
+def codebook_hard(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"DDCM Final" as a codec: mode -> nearest code of the trained 1024x8 codebook -> decode.
+    10 bits per 8-dim vector at 400 vectors/s = 4.0 kbps."""
+    quantizer = models.require_quantizer("codebook_hard")
+    z_q = quantizer.decode_indices(quantizer.quantize_indices(x.mean)).to(x.mean.dtype)
+    return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q)
+
+
+@register("codebook_soft", "softmax(-d/T)-weighted codes at the trained temperature (not a bitstream)", requires=("codebook",))
+def codebook_soft(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"DDCM Improved": temperature-soft codes. The original used T = 0.1 on raw distances, which was
+    one-hot in effect; this uses the temperature the codebook was trained to. A soft code is a
+    weighted mix of codes, not an index: there is no bitrate."""
+    quantizer = models.require_quantizer("codebook_soft")
+    temperature = settings.soft_temperature or quantizer.temperature_at(int(quantizer.step))
+    codes = quantizer.codebook.float()
+    flat = x.mean.float().permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
+    distances = torch.cdist(flat, codes).pow(2)
+    z_q = (-distances / temperature).softmax(-1) @ codes
+    z_q = z_q.reshape(x.mean.shape[0], *x.mean.shape[2:], -1).permute(0, 3, 1, 2).to(x.mean.dtype)
+    return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q)
+
+
+def resolve(names: str | list[str] | None, available: dict[str, bool] | None = None) -> list[Variant]:
+    """Variant names (comma-separated or a list; None/"all" = all) -> registered variants, checked.
+
+    ``available`` says which requirements can be met (e.g. {"codebook": False}); "all" then skips
+    variants that cannot run and says so, while an explicitly named one that cannot run is an error.
+    """
+    available = available or {}
+    if names in (None, "all", ["all"]):
+        chosen = list(VARIANTS.values())
+        skipped = [v.name for v in chosen if not all(available.get(r, True) for r in v.requires)]
+        if skipped:
+            log.warning("skipping variants that need what was not given: %s", ", ".join(skipped))
+        return [v for v in chosen if v.name not in skipped]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; registered: {', '.join(VARIANTS)}")
+    for name in names:
+        missing = [r for r in VARIANTS[name].requires if not available.get(r, True)]
+        if missing:
+            raise ValueError(f"variant '{name}' needs {', '.join(missing)} (codebook: pass --ckpt)")
+    return [VARIANTS[n] for n in names]

@@ -1,0 +1,100 @@
+"""infer.py end to end on the tiny backbone: every input x variant exactly once, on 1 and 2 devices."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from recon.variants import VARIANTS
+from tests.conftest import write_tone
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CKPT = ROOT / "checkpoints" / "demo" / "codebook-tiny.ckpt"
+
+
+def run_infer(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_DIR=str(cwd), WANDB_DATA_DIR=str(cwd / "wandb-data"), PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "infer.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def make_inputs(root: Path) -> tuple[set[str], set[str]]:
+    """Good files (one nested, one long, one 96 kHz 6-channel, one silent) and bad files."""
+    write_tone(root / "tone.wav", 2.0, freq=440)
+    write_tone(root / "nested" / "low.flac", 1.5, freq=110, sr=22050)
+    write_tone(root / "long.wav", 23.0, freq=330)
+    write_tone(root / "surround.wav", 1.0, sr=96000, channels=6)
+    sf.write(str(root / "silent.wav"), np.zeros(16000, dtype=np.float32), 16000)
+    (root / "empty.wav").write_bytes(b"")
+    (root / "not_audio.wav").write_text("hello, I am a text file\n" * 50)
+    write_tone(root / "truncated.wav", 1.0)
+    (root / "truncated.wav").write_bytes((root / "truncated.wav").read_bytes()[:30])
+    write_tone(root / "too_short.wav", 0.05)
+    nan = np.zeros(16000, dtype=np.float32)
+    nan[10] = np.nan
+    sf.write(str(root / "nan.wav"), nan, 16000, subtype="FLOAT")
+    good = {"tone.wav", "nested/low.flac", "long.wav", "surround.wav", "silent.wav"}
+    bad = {"empty.wav", "not_audio.wav", "truncated.wav", "too_short.wav", "nan.wav"}
+    return good, bad
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_every_input_and_variant_written_exactly_once(tmp_path, devices):
+    good, bad = make_inputs(tmp_path / "in")  # 10 inputs: ranks get 5 and 5 files, but 2 and 3 good ones
+    out = tmp_path / "out"
+    args = ["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path / "in"), "--output", str(out), "--wandb", "off",
+            "--no-perceptual", "--batch-size", "2", "--accelerator", "cpu", "--devices", str(devices)]
+    if devices > 1:
+        args += ["--strategy", "ddp"]
+    result = run_infer(args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]  # some inputs failed
+    rows = read_csv(out / "metrics.csv")
+    counts = Counter((r["file"], r["variant"]) for r in rows)
+    assert set(counts) == {(f, v) for f in good for v in VARIANTS if v in {"vae_mode", "vae_sample", "vae_clamped", "vae_highfreq", "vae_mixed", "vocoder_only", "griffinlim", "codebook_hard", "codebook_soft"}}
+    assert set(counts.values()) == {1}
+    errors = {r["file"]: r["reason"] for r in read_csv(out / "errors.csv")}
+    assert set(errors) == bad
+    assert "too short" in errors["too_short.wav"] and "NaN" in errors["nan.wav"] and "empty" in errors["empty.wav"]
+    for name in bad:
+        assert name in result.stderr
+    for variant in {r["variant"] for r in rows} | {"input"}:
+        written = {p.relative_to(out / variant).as_posix() for p in (out / variant).rglob("*.wav")}
+        assert written == {str(Path(f).with_suffix(".wav")) for f in good}
+    long_info = sf.info(str(out / "codebook_hard" / "long.wav"))
+    assert long_info.frames == 23 * 16000 and long_info.samplerate == 16000
+    assert (out / "report.html").is_file() and (out / "summary.json").is_file()
+    assert not (out / ".parts").exists()
+
+
+def test_existing_results_are_not_overwritten(tmp_path):
+    write_tone(tmp_path / "in" / "a.wav", 1.0)
+    out = tmp_path / "out"
+    args = ["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path / "in"), "--output", str(out), "--wandb", "off",
+            "--no-perceptual", "--variants", "vae_mode,codebook_hard", "--accelerator", "cpu"]
+    assert run_infer(args, cwd=tmp_path).returncode == 0
+    before = (out / "vae_mode" / "a.wav").stat().st_mtime_ns
+    second = run_infer(args, cwd=tmp_path)
+    assert second.returncode != 0 and "--overwrite" in second.stderr
+    assert (out / "vae_mode" / "a.wav").stat().st_mtime_ns == before
+    assert run_infer([*args, "--overwrite"], cwd=tmp_path).returncode == 0
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    result = run_infer(["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path), "--variants", "vae_mode,bogus", "--wandb", "off"], cwd=tmp_path)
+    assert result.returncode != 0 and "unknown variants ['bogus']" in result.stderr
+    write_tone(tmp_path / "a.wav", 1.0)
+    result = run_infer(["--input", str(tmp_path / "a.wav"), "--backbone", "random:tiny", "--variants", "codebook_hard", "--wandb", "off"], cwd=tmp_path)
+    assert result.returncode != 0 and "needs codebook" in result.stderr
