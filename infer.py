@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
     p.add_argument("--output", default="outputs/recon", help="output folder (default: %(default)s)")
     p.add_argument("--backbone", help=f"backbone source overriding the checkpoint's (default without --ckpt: {HUB_ID}); a folder, hub id or random:tiny|full")
+    p.add_argument("--diffusion", help="AudioLDM2 pipeline source for ddcm_input/ddcm_noise/text2audio (cvssp/audioldm2, a folder, or random:tiny); without it those variants are skipped")
     p.add_argument("--variants", default="all", help=f"comma-separated variants or 'all'. {variant_help}")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     p.add_argument("--devices", default="1", help="number of devices, or 'auto'")
@@ -46,7 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="10.24 s segments per forward pass (and files per step)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
+    p.add_argument("--griffinlim-iters", type=int, default=64, help="Griffin-Lim iterations of the griffinlim baseline")
     p.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --output")
+    d = VariantSettings()
+    g = p.add_argument_group("diffusion variants")
+    g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps, help="DDIM steps of ddcm_input's refinement and of text2audio (default: %(default)s)")
+    g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
+    g.add_argument("--refine-strength", type=float, default=d.refine_strength, help="ddcm_input SDEdit strength: 0 = codebook only, 1 = generation (default: %(default)s)")
+    g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of ddcm_input and ddcm_noise (default: empty, neutral)")
+    g.add_argument("--prompt", default=d.prompt, help="text2audio prompt (default: %(default)r)")
+    g.add_argument("--ddcm-steps", type=int, default=d.ddcm_steps, help="ddcm_noise diffusion steps (default: %(default)s)")
+    g.add_argument("--ddcm-k", type=int, default=d.ddcm_k, help="ddcm_noise codebook size per step, a power of two; bits = (steps-1)·log2 K per 10.24 s (default: %(default)s)")
     p.add_argument("--wandb", choices=("off", "offline", "online"), default="offline")
     p.add_argument("--wandb-project", default="recon")
     p.add_argument("--report-max-files", type=int, default=12, help="files with audio players in report.html and W&B")
@@ -74,7 +85,14 @@ def load_models(args: argparse.Namespace) -> Models:
         backbone, quantizer = trainer_module.backbone, trainer_module.quantizer.eval()
     else:
         backbone, quantizer = FrozenAudioLDM2.from_source(args.backbone or HUB_ID), None
-    return Models(backbone=backbone, frontend=MelFrontEnd(backbone.spec), quantizer=quantizer)
+    diffusion = None
+    if args.diffusion:
+        from recon.diffusion import load_diffusion_components
+
+        diffusion = load_diffusion_components(args.diffusion)
+        if abs(diffusion.scaling_factor - backbone.scaling_factor) > 1e-9:
+            raise SystemExit(f"error: diffusion source {args.diffusion} uses another VAE scaling than backbone {backbone.source}")
+    return Models(backbone=backbone, frontend=MelFrontEnd(backbone.spec), quantizer=quantizer, diffusion=diffusion)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,14 +102,30 @@ def main(argv: list[str] | None = None) -> int:
     if is_launch_process():
         check_output(out, args.overwrite)
     models = load_models(args)
-    variants = resolve(args.variants, {"codebook": models.quantizer is not None})
+    variants = resolve(args.variants, {"codebook": models.quantizer is not None, "diffusion": models.diffusion is not None})
     dataset = InferenceFiles(args.input, models.backbone.spec)
     if len(dataset) == 0:
         raise SystemExit(f"error: no audio files found in {' '.join(args.input)}")
-    settings = VariantSettings(seed=args.seed)
+    settings = VariantSettings(
+        seed=args.seed,
+        griffinlim_iters=args.griffinlim_iters,
+        diffusion_steps=args.diffusion_steps,
+        guidance_scale=args.guidance_scale,
+        refine_strength=args.refine_strength,
+        refine_prompt=args.refine_prompt,
+        prompt=args.prompt,
+        ddcm_steps=args.ddcm_steps,
+        ddcm_k=args.ddcm_k,
+    )
+    if models.diffusion is not None:
+        # Prompt embeddings once, on the CPU where the text encoders stay, before the UNet moves.
+        for variant in variants:
+            if "diffusion" in variant.requires:
+                prompt = settings.prompt if variant.name == "text2audio" else settings.refine_prompt
+                models.diffusion.prompt_embeddings(prompt, settings.guidance_scale)
     run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite",)}
     run_settings["backbone_source"] = models.backbone.source
-    writer = ResultWriter(out, RunInfo(variants, run_settings), models.backbone.spec, perceptual=not args.no_perceptual)
+    writer = ResultWriter(out, RunInfo(variants, run_settings, settings), models.backbone.spec, perceptual=not args.no_perceptual)
     trainer = L.Trainer(
         accelerator=args.accelerator,
         devices=int(args.devices) if args.devices.isdigit() else args.devices,

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .audio import AudioSpec, MelFrontEnd
 from .backbone import HUB_ID, FrozenAudioLDM2
 from .codebook import CodebookConfig, QuantizerOutput, VectorQuantizer
+from .metrics import latent_snr
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ SHAPE_FIELDS = ("latent_channels", "downsample_factor", "vae_block_out_channels"
 
 
 def latent_snr_db(z: Tensor, z_hat: Tensor) -> Tensor:
-    """10·log10(‖z‖² / ‖z − ẑ‖²) over the whole batch."""
-    return 10 * torch.log10(z.float().pow(2).sum() / (z.float() - z_hat.float()).pow(2).sum().clamp_min(1e-12))
+    """Batch mean of the per-item latent SNR (recon.metrics.latent_snr)."""
+    return latent_snr(z.float(), z_hat.float()).mean()
 
 
 class IdentityInitConv(nn.Conv2d):
@@ -82,9 +83,6 @@ class CodebookTrainer(L.LightningModule):
             raise ValueError(f"codebook dim {codebook.dim} does not match the backbone's {dim} latent channels")
         self.adapter_in = IdentityInitConv(dim) if adapters else nn.Identity()
         self.adapter_out = IdentityInitConv(dim) if adapters else nn.Identity()
-        # Backbone weights are never in the checkpoint; missing backbone keys on load are expected
-        # and checked by hand in on_load_checkpoint.
-        self.strict_loading = False
 
     # ------------------------------------------------------------------ latents
     def posterior(self, batch: dict) -> tuple[Tensor, Tensor]:
@@ -219,6 +217,9 @@ class CodebookTrainer(L.LightningModule):
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(f"checkpoint lacks codebook weights: {sorted(missing)}")
+        # The frozen backbone comes from its source, not the checkpoint: put its own weights in
+        # place so the (strict) state-dict load sees every key.
+        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith("backbone.")})
 
 
 def load_codebook_trainer(ckpt_path: str, backbone: str | None = None, map_location: str = "cpu") -> CodebookTrainer:

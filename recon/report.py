@@ -77,7 +77,7 @@ COLOUR_LUT = _build_lut()  # [256, 3] uint8
 
 # Key columns of metrics.csv; everything after them is a metric (or other per-row number).
 KEY_COLUMNS = ("file", "variant")
-INFO_COLUMNS = ("duration_s", "seconds")
+INFO_COLUMNS = ("duration_s", "seconds", "notes")
 # Preferred display order and direction of the metrics the runner writes.
 METRIC_ORDER = (
     "log_mel_db",
@@ -372,6 +372,8 @@ def _row_metrics(row: dict | None, metrics: list[str]) -> str:
     parts = [f"{_e(m)}&nbsp;<b>{_e(_fmt(row.get(m)))}</b>" for m in metrics if row.get(m) is not None]
     if row.get("seconds") is not None:
         parts.append(f"time&nbsp;<b>{_e(_fmt(row['seconds']))}&nbsp;s</b>")
+    if row.get("notes"):
+        parts.append(f"<i>{_e(row['notes'])}</i>")
     return " &middot; ".join(parts)
 
 

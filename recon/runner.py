@@ -15,7 +15,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -97,6 +97,8 @@ class VariantRunner(L.LightningModule):
         self.frontend = models.frontend
         self.quantizer = models.quantizer
         self.diffusion = models.diffusion
+        # Registered so Lightning moves it to the device; the rest of the pipeline is not needed there.
+        self.unet = models.diffusion.unet if models.diffusion is not None else None
         self.variants = variants
         self.settings = settings
         self.segment_batch = segment_batch
@@ -180,7 +182,8 @@ def write_wav_atomic(path: Path, wav: Tensor | np.ndarray, sample_rate: int) -> 
 @dataclass
 class RunInfo:
     variants: list[Variant]
-    settings: dict
+    settings: dict  # free-form run settings, shown in summary.json and the report
+    variant_settings: VariantSettings = field(default_factory=VariantSettings)
 
 
 class ResultWriter(BasePredictionWriter):
@@ -245,7 +248,7 @@ class ResultWriter(BasePredictionWriter):
                     "seconds": out["seconds"],
                     **{k: float(v[0]) for k, v in values.items()},
                     "latent_snr_db": out["latent_snr_db"],
-                    "bitrate_bps": variant.bitrate_bps,
+                    "bitrate_bps": variant.bitrate(self.info.variant_settings),
                     "notes": "; ".join(out["notes"]),
                 }
             )
@@ -265,12 +268,12 @@ def _read_parts(parts: Path, kind: str) -> list[dict]:
     return rows
 
 
-def bitrate_label(variant: Variant) -> str:
-    if not variant.is_reconstruction:
+def bitrate_label(bps: float | None, is_reconstruction: bool = True) -> str:
+    if not is_reconstruction:
         return "n/a (not a reconstruction)"
-    if variant.bitrate_bps is None:
+    if bps is None:
         return "n/a (not a bitstream)"
-    return f"{variant.bitrate_bps / 1000:.1f} kbps" if variant.bitrate_bps >= 1000 else f"{variant.bitrate_bps:.0f} bps"
+    return f"{bps / 1000:.1f} kbps" if bps >= 1000 else f"{bps:.1f} bps"
 
 
 def _write_csv_atomic(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -295,11 +298,12 @@ def summarise(rows: list[dict], info: RunInfo) -> dict:
                 stats["median"][column] = statistics.median(values)
         audio_seconds = sum(r["duration_s"] for r in mine)
         compute_seconds = sum(r["seconds"] for r in mine)
+        bps = variant.bitrate(info.variant_settings)
         variants[variant.name] = {
             "description": variant.description,
             "is_reconstruction": variant.is_reconstruction,
-            "bitrate_bps": variant.bitrate_bps,
-            "bitrate_label": bitrate_label(variant),
+            "bitrate_bps": bps,
+            "bitrate_label": bitrate_label(bps, variant.is_reconstruction),
             "files": len(mine),
             "seconds_per_clip": compute_seconds / len(mine) if mine else None,
             "real_time_factor": audio_seconds / compute_seconds if compute_seconds > 0 else None,

@@ -59,6 +59,11 @@ class Models:
             raise ValueError(f"variant '{variant}' needs a trained codebook: pass --ckpt")
         return self.quantizer
 
+    def require_diffusion(self, variant: str):
+        if self.diffusion is None:
+            raise ValueError(f"variant '{variant}' needs the AudioLDM2 diffusion components: pass --diffusion")
+        return self.diffusion
+
 
 @dataclass
 class VariantSettings:
@@ -66,6 +71,19 @@ class VariantSettings:
     griffinlim_iters: int = 64
     mixed_smoothing: bool = True
     soft_temperature: float | None = None  # None: the temperature the codebook was trained to
+    # Diffusion variants (AudioLDM2 UNet, DDIM).
+    diffusion_steps: int = 20  # DDIM steps of ddcm_input's refinement and of text2audio
+    guidance_scale: float = 7.5
+    refine_strength: float = 0.3  # ddcm_input: 0 = codebook only, 1 = generation from noise
+    refine_prompt: str = ""  # conditioning of ddcm_input / ddcm_noise: empty = neutral
+    prompt: str = "high quality music"  # text2audio
+    ddcm_steps: int = 50
+    ddcm_k: int = 1024
+
+    @property
+    def ddcm_bitrate_bps(self) -> float:
+        """(steps - 1) * log2(K) bits per 10.24 s latent."""
+        return (self.ddcm_steps - 1) * math.log2(self.ddcm_k) / AudioSpec().duration
 
 
 @dataclass(frozen=True)
@@ -75,8 +93,11 @@ class Variant:
     description: str
     requires: tuple[str, ...] = ()  # "codebook", "diffusion"
     is_reconstruction: bool = True
-    bitrate_bps: float | None = None  # None: not a bitstream
+    bitrate_bps: float | Callable[[VariantSettings], float] | None = None  # None: not a bitstream
     uses_latent: bool = True
+
+    def bitrate(self, settings: VariantSettings) -> float | None:
+        return self.bitrate_bps(settings) if callable(self.bitrate_bps) else self.bitrate_bps
 
 
 VARIANTS: dict[str, Variant] = {}
@@ -264,6 +285,86 @@ def codebook_soft(x: VariantInput, models: Models, settings: VariantSettings) ->
     return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q)
 
 
+# ---------------------------------------------------------------------- diffusion variants
+def segment_seed(seed: int, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:7], "little")
+
+
+def hard_codes(models: Models, latent: Tensor, variant: str) -> Tensor:
+    quantizer = models.require_quantizer(variant)
+    return quantizer.decode_indices(quantizer.quantize_indices(latent)).to(latent.dtype)
+
+
+@register("ddcm_input", "hard codes, then SDEdit refinement by the AudioLDM2 UNet (strength s)", requires=("codebook", "diffusion"))
+def ddcm_input(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"DDCM Input Based", done so the output depends on the input: quantize the input latent with
+    the trained codebook, noise it to strength s and DDIM-denoise it with the UNet (the original
+    only passed a starting noise to text-to-audio generation). s = 0 is the codebook-only control.
+    Deterministic per segment for a seed. Not a bitstream: the refinement adds no bits, but the
+    output is no longer a function of the 4.0 kbps codes alone unless the seed is shared."""
+    from .diffusion import sdedit_refine
+
+    diffusion = models.require_diffusion("ddcm_input")
+    scale = diffusion.scaling_factor
+    z_q = hard_codes(models, x.mean, "ddcm_input")
+    refined = torch.cat(
+        [
+            sdedit_refine(diffusion, z[None] * scale, settings.refine_strength, settings.diffusion_steps,
+                          settings.guidance_scale, settings.refine_prompt, segment_seed(settings.seed, key))
+            for z, key in zip(z_q, x.keys)
+        ]
+    ) / scale
+    return Reconstruction(decode_and_vocode(models, refined, x.wav.shape[-1]), latent=refined)
+
+
+@register(
+    "ddcm_noise",
+    "true DDCM: reverse diffusion whose noise is chosen from seeded per-step codebooks toward the input",
+    requires=("diffusion",),
+    bitrate_bps=lambda settings: settings.ddcm_bitrate_bps,
+)
+def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"DDCM Complete", as Ohayon et al. (ICML 2025) define it: a DDIM eta = 1 sampler whose noise at
+    each step is the entry of a seeded codebook of K Gaussian vectors that best points from the
+    current clean estimate toward the input's (scaled) latent. The indices are the bitstream:
+    (steps - 1)·log2 K bits per 10.24 s (recon.ddcm.pack / unpack; decompress replays them)."""
+    from .ddcm import compress
+
+    diffusion = models.require_diffusion("ddcm_noise")
+    scale = diffusion.scaling_factor
+    denoiser = diffusion.denoiser(settings.refine_prompt, settings.guidance_scale)
+    outputs = []
+    for z in x.mean:
+        _, reconstruction = compress(denoiser, z[None].float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
+        outputs.append(reconstruction)
+    latent = torch.cat(outputs).to(x.mean.dtype) / scale
+    return Reconstruction(decode_and_vocode(models, latent, x.wav.shape[-1]), latent=latent)
+
+
+@register(
+    "text2audio",
+    "AudioLDM2 text-to-audio from --prompt (DDIM, fixed seed): not a reconstruction",
+    requires=("diffusion",),
+    is_reconstruction=False,
+    uses_latent=False,
+)
+def text2audio(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"Full Diffusion": generation from the prompt alone, kept as the reference the original had.
+    It ignores the input; its metrics against the input are shown but flagged."""
+    from .diffusion import text_to_audio_latent
+
+    diffusion = models.require_diffusion("text2audio")
+    shape = (1, *x.mean.shape[1:])
+    latents = torch.cat(
+        [
+            text_to_audio_latent(diffusion, settings.prompt, settings.diffusion_steps, settings.guidance_scale,
+                                 segment_seed(settings.seed, key), shape)
+            for key in x.keys
+        ]
+    ) / diffusion.scaling_factor
+    return Reconstruction(decode_and_vocode(models, latents.to(x.mean.dtype), x.wav.shape[-1]))
+
+
 def resolve(names: str | list[str] | None, available: dict[str, bool] | None = None) -> list[Variant]:
     """Variant names (comma-separated or a list; None/"all" = all) -> registered variants, checked.
 
@@ -285,5 +386,5 @@ def resolve(names: str | list[str] | None, available: dict[str, bool] | None = N
     for name in names:
         missing = [r for r in VARIANTS[name].requires if not available.get(r, True)]
         if missing:
-            raise ValueError(f"variant '{name}' needs {', '.join(missing)} (codebook: pass --ckpt)")
+            raise ValueError(f"variant '{name}' needs {', '.join(missing)} (codebook: pass --ckpt; diffusion: pass --diffusion)")
     return [VARIANTS[n] for n in names]

@@ -56,7 +56,7 @@ def test_every_input_and_variant_written_exactly_once(tmp_path, devices):
     good, bad = make_inputs(tmp_path / "in")  # 10 inputs: ranks get 5 and 5 files, but 2 and 3 good ones
     out = tmp_path / "out"
     args = ["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path / "in"), "--output", str(out), "--wandb", "off",
-            "--no-perceptual", "--batch-size", "2", "--accelerator", "cpu", "--devices", str(devices)]
+            "--no-perceptual", "--batch-size", "2", "--griffinlim-iters", "4", "--accelerator", "cpu", "--devices", str(devices)]
     if devices > 1:
         args += ["--strategy", "ddp"]
     result = run_infer(args, cwd=tmp_path)
@@ -98,3 +98,33 @@ def test_usage_errors_are_one_line(tmp_path):
     write_tone(tmp_path / "a.wav", 1.0)
     result = run_infer(["--input", str(tmp_path / "a.wav"), "--backbone", "random:tiny", "--variants", "codebook_hard", "--wandb", "off"], cwd=tmp_path)
     assert result.returncode != 0 and "needs codebook" in result.stderr
+
+
+def test_diffusion_variants_on_two_devices(tmp_path):
+    from recon.diffusion import make_tiny_pipeline_folder
+
+    pipeline = make_tiny_pipeline_folder(tmp_path / "pipeline")
+    for i, freq in enumerate([220, 440, 880]):  # odd count: ranks get 2 and 1 files
+        write_tone(tmp_path / "in" / f"t{i}.wav", 1.0 + i, freq=freq)
+    out = tmp_path / "out"
+    result = run_infer(
+        ["--ckpt", str(DEMO_CKPT), "--diffusion", str(pipeline), "--input", str(tmp_path / "in"), "--output", str(out),
+         "--variants", "ddcm_input,ddcm_noise,text2audio", "--ddcm-steps", "4", "--ddcm-k", "16", "--diffusion-steps", "3",
+         "--wandb", "off", "--no-perceptual", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv(out / "metrics.csv")
+    assert Counter((r["file"], r["variant"]) for r in rows) == Counter(
+        {(f"t{i}.wav", v): 1 for i in range(3) for v in ("ddcm_input", "ddcm_noise", "text2audio")}
+    )
+    ddcm_bps = [float(r["bitrate_bps"]) for r in rows if r["variant"] == "ddcm_noise"]
+    assert ddcm_bps == pytest.approx([3 * 4 / 10.24] * 3)  # (steps - 1) * log2 K bits per 10.24 s
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())["variants"]
+    assert summary["text2audio"]["is_reconstruction"] is False
+    assert summary["text2audio"]["bitrate_label"] == "n/a (not a reconstruction)"
+    assert summary["ddcm_noise"]["bitrate_label"] == "1.2 bps"
+    for variant in ("ddcm_input", "ddcm_noise", "text2audio"):
+        assert sf.info(str(out / variant / "t2.wav")).frames == 3 * 16000

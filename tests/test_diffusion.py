@@ -1,0 +1,157 @@
+"""AudioLDM2 diffusion side on a tiny random pipeline saved in the hub layout and reloaded offline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recon.backbone import BackboneNotFoundError
+from recon.ddcm import DDCMHeader, compress, decompress, pack, unpack
+from recon.diffusion import (
+    AudioLDM2Denoiser,
+    build_tiny_pipeline,
+    load_diffusion_components,
+    main,
+    make_tiny_pipeline_folder,
+    sdedit_refine,
+    text_to_audio_latent,
+)
+
+PROMPT = "a hammer hitting a wooden surface"
+LATENT = (1, 8, 256, 16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine two OpenMP threads
+    wait on each other at every op (measured 10x slower); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    return make_tiny_pipeline_folder(tmp_path_factory.mktemp("diffusion") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def components(tiny_pipeline_dir):
+    return load_diffusion_components(str(tiny_pipeline_dir), local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def latent() -> torch.Tensor:
+    return torch.randn(LATENT, generator=torch.Generator().manual_seed(0))
+
+
+def test_folder_has_the_hub_layout_and_reloads_offline_with_the_same_weights(tiny_pipeline_dir, components):
+    for name in ("unet", "scheduler", "vae", "vocoder", "text_encoder", "text_encoder_2", "projection_model",
+                 "language_model", "tokenizer", "tokenizer_2", "feature_extractor"):
+        assert (tiny_pipeline_dir / name).is_dir(), name
+    assert (tiny_pipeline_dir / "model_index.json").is_file()
+    assert type(components.pipe.language_model).__name__ == "GPT2LMHeadModel"
+    assert type(components.scheduler).__name__ == "DDIMScheduler"
+    in_memory = load_diffusion_components("random:tiny").pipe  # built explicitly, seed 0
+    for name in ("unet", "vae", "vocoder", "text_encoder", "language_model"):
+        a, b = getattr(in_memory, name).state_dict(), getattr(components.pipe, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_components_are_frozen_and_in_eval(components):
+    for name, module in components.pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            assert not module.training, name
+            assert not any(p.requires_grad for p in module.parameters()), name
+
+
+def test_tiny_pipeline_is_deterministic_in_seed():
+    first = lambda pipe: next(pipe.unet.parameters())  # noqa: E731
+    assert torch.equal(first(build_tiny_pipeline(1)), first(build_tiny_pipeline(1)))
+    assert not torch.equal(first(build_tiny_pipeline(1)), first(build_tiny_pipeline(2)))
+
+
+def test_cli_make_writes_a_loadable_folder(tmp_path, capsys):
+    main(["make", "--size", "tiny", "--out", str(tmp_path / "pipe"), "--seed", "3"])
+    assert "tiny" in capsys.readouterr().out
+    assert (tmp_path / "pipe" / "unet" / "config.json").is_file()
+
+
+def test_missing_or_incomplete_sources_raise_backbone_not_found(tmp_path, tiny_pipeline_dir):
+    with pytest.raises(BackboneNotFoundError, match="recon.diffusion make"):
+        load_diffusion_components(str(tmp_path / "nowhere"), local_files_only=True)
+    partial = tmp_path / "partial"
+    (partial / "vae").mkdir(parents=True)
+    (partial / "vae" / "config.json").write_text("{}")
+    with pytest.raises(BackboneNotFoundError, match="unet/config.json"):
+        load_diffusion_components(str(partial), local_files_only=True)
+    with pytest.raises(BackboneNotFoundError, match="could not load"):
+        load_diffusion_components("nobody/no-such-pipeline", local_files_only=True)
+    with pytest.raises(ValueError, match="random:tiny"):
+        load_diffusion_components("random:full")
+
+
+def test_prompt_embeddings_are_computed_once_per_prompt(components):
+    calls = []
+    original = components.pipe.generate_language_model
+    components.pipe.generate_language_model = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        first = components.prompt_embeddings("a fresh prompt", guidance_scale=3.5)
+        assert components.prompt_embeddings("a fresh prompt", guidance_scale=3.5) is first
+        assert len(calls) == 2  # cond and uncond, once
+    finally:
+        del components.pipe.generate_language_model
+    assert first.guided and first.prompt_embeds.shape[0] == first.generated_prompt_embeds.shape[0] == 2
+    assert not components.prompt_embeddings("a fresh prompt", guidance_scale=1.0).guided
+
+
+def test_unet_called_by_hand_on_audioldm2_latents(components):
+    embeddings = components.prompt_embeddings(PROMPT, guidance_scale=3.5)
+    x = torch.randn(2, 8, 256, 16)
+    with torch.no_grad():
+        eps = components.unet(torch.cat([x, x]), 500, **embeddings.unet_kwargs(2)).sample
+    assert eps.shape == (4, 8, 256, 16) and torch.isfinite(eps).all()
+    denoiser = AudioLDM2Denoiser(components.unet, components.schedule, embeddings, guidance_scale=3.5)
+    uncond, cond = eps.chunk(2)
+    torch.testing.assert_close(denoiser.predict_eps(x, 500), uncond + 3.5 * (cond - uncond))
+
+
+def test_text_to_audio_latent_is_the_pipeline_loop_and_deterministic(components):
+    latent = text_to_audio_latent(components, PROMPT, steps=2, guidance_scale=3.5, seed=0, latent_shape=LATENT)
+    assert latent.shape == LATENT
+    reference = components.pipe(
+        PROMPT, num_inference_steps=2, guidance_scale=3.5, audio_length_in_s=10.24, output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).audios
+    assert torch.equal(latent, reference)
+    assert torch.equal(text_to_audio_latent(components, PROMPT, 2, 3.5, 0, LATENT), latent)
+    assert not torch.equal(text_to_audio_latent(components, PROMPT, 2, 3.5, 1, LATENT), latent)
+
+
+def test_sdedit_strength_zero_is_the_identity(components, latent):
+    assert torch.equal(sdedit_refine(components, latent, 0.0, 4, 3.5, PROMPT, seed=0), latent)
+
+
+def test_sdedit_is_deterministic_in_seed(components, latent):
+    a = sdedit_refine(components, latent, 0.5, 4, 3.5, PROMPT, seed=0)
+    assert a.shape == latent.shape and not torch.equal(a, latent)
+    assert torch.equal(sdedit_refine(components, latent, 0.5, 4, 3.5, PROMPT, seed=0), a)
+    assert not torch.equal(sdedit_refine(components, latent, 0.5, 4, 3.5, PROMPT, seed=1), a)
+
+
+def test_sdedit_strength_one_starts_from_pure_noise(components, latent):
+    refined = sdedit_refine(components, latent, 1.0, 2, 3.5, PROMPT, seed=5)
+    assert torch.equal(refined, text_to_audio_latent(components, PROMPT, 2, 3.5, 5, LATENT))
+
+
+def test_ddcm_through_the_audioldm2_denoiser_decodes_exactly(components, latent):
+    denoiser = components.denoiser(PROMPT, guidance_scale=3.5)
+    steps, K, seed = 3, 16, 11
+    indices, reconstruction = compress(denoiser, latent, steps, K, seed)
+    assert indices.shape == (1, 2) and reconstruction.shape == LATENT
+    header = DDCMHeader(steps, K, seed, LATENT[1:], "float32", "cpu", components.source)
+    got, header = unpack(pack(indices, header))
+    assert header.model_id == components.source
+    decoded = decompress(denoiser, got, header.steps, header.K, header.seed, (1, *header.shape), device=header.device)
+    assert torch.equal(decoded, reconstruction)
