@@ -121,6 +121,7 @@ class VariantRunner(L.LightningModule):
         outputs = {v.name: [] for v in self.variants}
         latent_snr = {v.name: [] for v in self.variants}
         notes = {v.name: [] for v in self.variants}
+        codes = {v.name: [] for v in self.variants}
         seconds = {v.name: 0.0 for v in self.variants}
         encode_seconds = 0.0
         models = self.models
@@ -142,12 +143,15 @@ class VariantRunner(L.LightningModule):
                 if rec.latent is not None:
                     latent_snr[variant.name].append(M.latent_snr(x.mean, rec.latent).cpu())
                 notes[variant.name] += rec.notes or [[] for _ in range(len(wav))]
-        return self._per_file(batch, ok, segments, outputs, latent_snr, notes, seconds, encode_seconds)
+                if rec.codes is not None:
+                    codes[variant.name].append(rec.codes.cpu())
+        return self._per_file(batch, ok, segments, outputs, latent_snr, notes, codes, seconds, encode_seconds)
 
-    def _per_file(self, batch, ok, segments, outputs, latent_snr, notes, seconds, encode_seconds) -> list[dict]:
+    def _per_file(self, batch, ok, segments, outputs, latent_snr, notes, codes, seconds, encode_seconds) -> list[dict]:
         total = sum(len(s) for s in segments) or 1
         cat = {name: torch.cat(chunks) if chunks else None for name, chunks in outputs.items()}
         lat = {name: torch.cat(chunks) if chunks else None for name, chunks in latent_snr.items()}
+        coded = {name: torch.cat(chunks) if chunks else None for name, chunks in codes.items()}
         segment_counts = {item["index"]: len(seg) for item, seg in zip(ok, segments)}
         results, offset = [], 0
         for item in batch:
@@ -166,6 +170,11 @@ class VariantRunner(L.LightningModule):
                     "notes": sorted({note for seg in notes[name][offset : offset + n] for note in seg}),
                     # The variant's own time plus its share of the one shared encode when it uses it.
                     "seconds": share * (seconds[name] + (encode_seconds if variant.uses_latent else 0.0)),
+                    "bitstream": (
+                        variant.pack_codes(coded[name][offset : offset + n], self.settings, self.models)
+                        if variant.pack_codes is not None and coded[name] is not None
+                        else None
+                    ),
                 }
             results.append(result)
             offset += n
@@ -176,6 +185,13 @@ def write_wav_atomic(path: Path, wav: Tensor | np.ndarray, sample_rate: int) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
+    os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -238,6 +254,8 @@ class ResultWriter(BasePredictionWriter):
                 errors.append({"index": result["index"], "file": result["relpath"], "reason": reason})
                 continue
             write_wav_atomic(self.out / variant.name / rel, wav.numpy(), self.spec.sample_rate)
+            if out["bitstream"] is not None:
+                write_bytes_atomic((self.out / variant.name / rel).with_suffix(variant.codes_suffix), out["bitstream"])
             values = M.compute_all(reference[None], wav[None], self.frontend, include_perceptual=self.perceptual)
             rows.append(
                 {

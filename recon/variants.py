@@ -44,6 +44,7 @@ class VariantInput:
 class Reconstruction:
     wav: Tensor  # [B, samples]
     latent: Tensor | None = None  # the latent that was decoded, when it stands for the input's latent
+    codes: Tensor | None = None  # [B, ...] per-segment codes of a codec variant, packed by Variant.pack_codes
     notes: list[list[str]] = field(default_factory=list)  # per segment: what the variant did (e.g. a rescale)
 
 
@@ -95,6 +96,9 @@ class Variant:
     is_reconstruction: bool = True
     bitrate_bps: float | Callable[[VariantSettings], float] | None = None  # None: not a bitstream
     uses_latent: bool = True
+    # Codec variants: (codes of one file [segments, ...], settings, models) -> bytes, and a suffix.
+    pack_codes: Callable[[Tensor, "VariantSettings", "Models"], bytes] | None = None
+    codes_suffix: str = ""
 
     def bitrate(self, settings: VariantSettings) -> float | None:
         return self.bitrate_bps(settings) if callable(self.bitrate_bps) else self.bitrate_bps
@@ -317,11 +321,25 @@ def ddcm_input(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     return Reconstruction(decode_and_vocode(models, refined, x.wav.shape[-1]), latent=refined)
 
 
+def pack_ddcm(codes: Tensor, settings: VariantSettings, models: Models) -> bytes:
+    """One bitstream per file: the segments are the batch of a recon.ddcm stream."""
+    from .ddcm import DDCMHeader, pack
+
+    diffusion = models.require_diffusion("ddcm_noise")
+    header = DDCMHeader(
+        steps=settings.ddcm_steps, K=settings.ddcm_k, seed=settings.seed, shape=models.backbone.latent_shape(),
+        dtype="float32", device=diffusion.device.type, model_id=diffusion.source,
+    )
+    return pack(codes, header)
+
+
 @register(
     "ddcm_noise",
     "true DDCM: reverse diffusion whose noise is chosen from seeded per-step codebooks toward the input",
     requires=("diffusion",),
     bitrate_bps=lambda settings: settings.ddcm_bitrate_bps,
+    pack_codes=pack_ddcm,
+    codes_suffix=".ddcm",
 )
 def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
     """"DDCM Complete", as Ohayon et al. (ICML 2025) define it: a DDIM eta = 1 sampler whose noise at
@@ -333,12 +351,13 @@ def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     diffusion = models.require_diffusion("ddcm_noise")
     scale = diffusion.scaling_factor
     denoiser = diffusion.denoiser(settings.refine_prompt, settings.guidance_scale)
-    outputs = []
+    codes, outputs = [], []
     for z in x.mean:
-        _, reconstruction = compress(denoiser, z[None].float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
+        indices, reconstruction = compress(denoiser, z[None].float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
+        codes.append(indices)
         outputs.append(reconstruction)
     latent = torch.cat(outputs).to(x.mean.dtype) / scale
-    return Reconstruction(decode_and_vocode(models, latent, x.wav.shape[-1]), latent=latent)
+    return Reconstruction(decode_and_vocode(models, latent, x.wav.shape[-1]), latent=latent, codes=torch.cat(codes))
 
 
 @register(

@@ -128,3 +128,21 @@ def test_diffusion_variants_on_two_devices(tmp_path):
     assert summary["ddcm_noise"]["bitrate_label"] == "1.2 bps"
     for variant in ("ddcm_input", "ddcm_noise", "text2audio"):
         assert sf.info(str(out / variant / "t2.wav")).frames == 3 * 16000
+
+    # The .ddcm bitstream alone (with the shared seed and model) reproduces the written audio.
+    import torch
+
+    from recon.backbone import FrozenAudioLDM2
+    from recon.ddcm import decompress, unpack
+    from recon.diffusion import load_diffusion_components
+
+    indices, header = unpack((out / "ddcm_noise" / "t1.ddcm").read_bytes())
+    assert (header.steps, header.K, header.shape, header.model_id) == (4, 16, (8, 256, 16), str(pipeline))
+    assert indices.shape == (1, 3)
+    components = load_diffusion_components(str(pipeline), local_files_only=True)
+    latent = decompress(components.denoiser("", 7.5), indices, header.steps, header.K, header.seed, (1, *header.shape))
+    backbone = FrozenAudioLDM2.from_source("random:tiny")
+    with torch.no_grad():
+        wav = backbone.vocode(backbone.decode(latent / components.scaling_factor), 2 * 16000)[0]
+    written, _ = sf.read(str(out / "ddcm_noise" / "t1.wav"), dtype="float32")
+    np.testing.assert_allclose(written, wav.numpy(), atol=1e-5)
