@@ -11,8 +11,10 @@ input failed (see errors.csv), 2 on a usage error.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +30,10 @@ from recon.variants import VARIANTS, Models, VariantSettings, resolve
 
 log = logging.getLogger("recon.infer")
 RESULT_NAMES = ("metrics.csv", "summary.json", "errors.csv", "report.html")
+
+
+class UsageError(ValueError):
+    """A problem with the command line or its inputs as a whole (exit status 2)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,14 +80,21 @@ def check_output(out: Path, overwrite: bool) -> None:
     existing = [name for name in RESULT_NAMES if (out / name).exists()]
     existing += [p.name + "/" for p in out.iterdir() if p.is_dir() and any(p.rglob("*.wav"))] if out.is_dir() else []
     if existing and not overwrite:
-        raise SystemExit(f"error: {out} already holds results ({', '.join(sorted(existing))}); pass --overwrite or choose another --output")
+        raise UsageError(f"{out} already holds results ({', '.join(sorted(existing))}); pass --overwrite or choose another --output")
+    # Parts of an interrupted run must not be merged into this one.
+    shutil.rmtree(out / ".parts", ignore_errors=True)
 
 
 def load_models(args: argparse.Namespace) -> Models:
     if args.ckpt:
         if not Path(args.ckpt).is_file():
-            raise SystemExit(f"error: no checkpoint at {args.ckpt}")
+            raise UsageError(f"no checkpoint at {args.ckpt}")
         trainer_module = load_codebook_trainer(args.ckpt, backbone=args.backbone)
+        if trainer_module.hparams.scaled or trainer_module.hparams.adapters:
+            raise UsageError(
+                f"{args.ckpt} was trained with scaled={trainer_module.hparams.scaled}, adapters={trainer_module.hparams.adapters}; "
+                "the codebook variants quantize the raw posterior mean, so only codebooks trained with both off can be run"
+            )
         backbone, quantizer = trainer_module.backbone, trainer_module.quantizer.eval()
     else:
         backbone, quantizer = FrozenAudioLDM2.from_source(args.backbone or HUB_ID), None
@@ -91,12 +104,20 @@ def load_models(args: argparse.Namespace) -> Models:
 
         diffusion = load_diffusion_components(args.diffusion)
         if abs(diffusion.scaling_factor - backbone.scaling_factor) > 1e-9:
-            raise SystemExit(f"error: diffusion source {args.diffusion} uses another VAE scaling than backbone {backbone.source}")
+            raise UsageError(f"diffusion source {args.diffusion} uses another VAE scaling than backbone {backbone.source}")
     return Models(backbone=backbone, frontend=MelFrontEnd(backbone.spec), quantizer=quantizer, diffusion=diffusion)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        return run(parse_args(argv))
+    except (UsageError, ValueError, FileNotFoundError) as err:
+        # One line naming what is wrong; input files that fail are reported in errors.csv instead.
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.output)
     if is_launch_process():
@@ -105,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = resolve(args.variants, {"codebook": models.quantizer is not None, "diffusion": models.diffusion is not None})
     dataset = InferenceFiles(args.input, models.backbone.spec)
     if len(dataset) == 0:
-        raise SystemExit(f"error: no audio files found in {' '.join(args.input)}")
+        raise UsageError(f"no audio files found in {' '.join(args.input)}")
     settings = VariantSettings(
         seed=args.seed,
+        codebook_bits=models.quantizer.bits_per_index if models.quantizer is not None else 10.0,
         griffinlim_iters=args.griffinlim_iters,
         diffusion_steps=args.diffusion_steps,
         guidance_scale=args.guidance_scale,
@@ -136,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=[writer],
         enable_model_summary=False,
     )
+    if trainer.world_size > len(dataset):
+        raise UsageError(f"{len(dataset)} input file(s) for {trainer.world_size} processes: use at most {len(dataset)} devices")
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_files)
     runner = VariantRunner(models, variants, settings, segment_batch=args.batch_size)
     trainer.predict(runner, loader, return_predictions=False)
@@ -143,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     write_html_report(out, max_files=args.report_max_files)
     log_to_wandb(out, mode=args.wandb, project=args.wandb_project, max_files=args.report_max_files, config=run_settings)
-    errors = (out / "errors.csv").read_text().strip().splitlines()[1:]
+    with open(out / "errors.csv", newline="") as f:
+        errors = list(csv.DictReader(f))
     print(f"wrote {out}/ (report: {out / 'report.html'}); {len(errors)} input(s) failed" + (f", see {out / 'errors.csv'}" if errors else ""))
     return 1 if errors else 0
 

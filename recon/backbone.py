@@ -123,7 +123,8 @@ def _load_pretrained(source: str, local_files_only: bool) -> tuple[AutoencoderKL
         vocoder = SpeechT5HifiGan.from_pretrained(source, subfolder="vocoder", local_files_only=local_files_only)
     except OSError as err:
         # Re-raised with the instructions a user needs; nothing is substituted.
-        raise BackboneNotFoundError(f"could not load '{source}': {err}\n" + how_to_provide(source)) from err
+        reason = " ".join(str(err).split())
+        raise BackboneNotFoundError(f"could not load '{source}': {reason}. " + how_to_provide(source)) from err
     return vae, vocoder
 
 

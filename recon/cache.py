@@ -59,9 +59,12 @@ class LatentCache:
         return [i for i in range(len(dataset)) if not self.entry(dataset, i).is_file()]
 
     @torch.no_grad()
-    def build(self, dataset: AudioFolder, backbone: FrozenAudioLDM2, batch_size: int = 4, progress: bool = True) -> int:
-        """Encode every segment not yet cached; returns how many were encoded."""
-        todo = self.missing(dataset)
+    def build(
+        self, dataset: AudioFolder, backbone: FrozenAudioLDM2, batch_size: int = 4, progress: bool = True, shard: tuple[int, int] = (0, 1)
+    ) -> int:
+        """Encode the segments not yet cached (``shard = (rank, world)``: this rank's share); returns how many."""
+        rank, world = shard
+        todo = self.missing(dataset)[rank::world]
         if not todo:
             return 0
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -239,9 +239,10 @@ class AudioDataModule(L.LightningDataModule):
         self.setup("fit")
         cache = LatentCache(self.cache_dir, backbone_fingerprint(backbone))
         trainer = self.trainer
-        if trainer is None or trainer.is_global_zero:
-            for dataset in (self.train_set, self.val_set):
-                cache.build(dataset, backbone, batch_size=self.batch_size)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        for dataset in (self.train_set, self.val_set):
+            # Each rank encodes its share of the missing segments; entries are written atomically.
+            cache.build(dataset, backbone, batch_size=self.batch_size, shard=(rank, world))
         if trainer is not None:
             trainer.strategy.barrier("latent-cache")
         self.latents = (LatentDataset(self.train_set, cache), LatentDataset(self.val_set, cache))

@@ -241,7 +241,8 @@ def _load_pretrained_pipeline(source: str, local_files_only: bool) -> AudioLDM2P
         pipe.scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_files_only)
     except OSError as err:
         # Re-raised with the instructions a user needs; nothing is substituted.
-        raise BackboneNotFoundError(f"could not load '{source}': {err}\n" + how_to_provide_diffusion(source)) from err
+        reason = " ".join(str(err).split())
+        raise BackboneNotFoundError(f"could not load '{source}': {reason}. " + how_to_provide_diffusion(source)) from err
     return _freeze(pipe)
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor, nn
 
 from .audio import AudioSpec, MelFrontEnd
@@ -83,6 +84,9 @@ class CodebookTrainer(L.LightningModule):
             raise ValueError(f"codebook dim {codebook.dim} does not match the backbone's {dim} latent channels")
         self.adapter_in = IdentityInitConv(dim) if adapters else nn.Identity()
         self.adapter_out = IdentityInitConv(dim) if adapters else nn.Identity()
+        # An EMA codebook without adapters updates itself in forward and has nothing for an
+        # optimizer; Lightning then must not look for a loss to backpropagate.
+        self.automatic_optimization = any(p.requires_grad for p in self.parameters())
 
     # ------------------------------------------------------------------ latents
     def posterior(self, batch: dict) -> tuple[Tensor, Tensor]:
@@ -112,10 +116,13 @@ class CodebookTrainer(L.LightningModule):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "spec", self.backbone.spec) != self.backbone.spec:
             raise ValueError(f"data spec {datamodule.spec} differs from the model's {self.backbone.spec}: set both to the same values")
-        if stage == "fit" and datamodule is not None and getattr(datamodule, "cache_dir", None):
-            datamodule.attach_latent_cache(self.backbone)
 
     def on_fit_start(self) -> None:
+        # The backbone is on its device now (setup() runs before the strategy moves it): encode
+        # the latent cache here, before the dataloaders and the k-means need it.
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and getattr(datamodule, "cache_dir", None):
+            datamodule.attach_latent_cache(self.backbone)
         # Explicit, data-dependent initialisation before the first step (never lazily in a sanity
         # check or predict); skipped when resuming, since the restored codebook is initialised.
         if not self.cfg.kmeans_init or bool(self.quantizer.initialized):
@@ -140,15 +147,20 @@ class CodebookTrainer(L.LightningModule):
         # Every random draw of a step is a function of (seed, step): a resumed run repeats exactly.
         step_seed = self.hparams.seed * 1_000_003 + self.global_step
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(step_seed)
+            # Posterior-sample noise differs per rank; the quantizer's own draws (restarts) must not.
+            torch.manual_seed(step_seed * 1009 + self.global_rank)
             self.quantizer._gen.manual_seed(step_seed)
             loss, logs = self._step(batch)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=len(batch["index"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
         if self.cfg.mode == "soft":
             self.log("train/temperature", self.quantizer.temperature_at(int(self.quantizer.step)))
-        # EMA-only training has nothing for the optimizer: the quantizer updated itself in forward.
-        return loss if loss.requires_grad else None
+        if self.automatic_optimization:
+            return loss
+        # Nothing to optimize (the EMA moved the codebook in forward); stepping Lightning's
+        # placeholder optimizer keeps global_step, max_steps and checkpoint intervals counting.
+        self.optimizers().step()
+        return None
 
     def _step(self, batch: dict) -> tuple[Tensor, dict]:
         mean, std = self.posterior(batch)
@@ -220,6 +232,23 @@ class CodebookTrainer(L.LightningModule):
         # The frozen backbone comes from its source, not the checkpoint: put its own weights in
         # place so the (strict) state-dict load sees every key.
         checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith("backbone.")})
+
+
+class CodebookDDPStrategy(DDPStrategy):
+    """DDP that leaves the model unwrapped when nothing in it takes gradients.
+
+    An EMA codebook without adapters has no trainable parameter, and torch's
+    DistributedDataParallel refuses such a module; the quantizer synchronises its own statistics.
+    Registered as ``codebook_ddp``: ``--trainer.strategy codebook_ddp`` for multi-device training.
+    """
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        if not any(p.requires_grad for p in model.parameters()):
+            return model
+        return super()._setup_model(model)
+
+
+StrategyRegistry.register("codebook_ddp", CodebookDDPStrategy, description="DDP that skips wrapping a model with nothing to train")
 
 
 def load_codebook_trainer(ckpt_path: str, backbone: str | None = None, map_location: str = "cpu") -> CodebookTrainer:

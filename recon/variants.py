@@ -24,7 +24,7 @@ from torch import Tensor
 from .audio import AudioSpec, MelFrontEnd
 from .backbone import FrozenAudioLDM2
 from .codebook import VectorQuantizer
-from .metrics import CODEBOOK_HARD_BPS
+from .metrics import LATENT_VECTORS_PER_SECOND
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class VariantSettings:
     griffinlim_iters: int = 64
     mixed_smoothing: bool = True
     soft_temperature: float | None = None  # None: the temperature the codebook was trained to
+    codebook_bits: float = 10.0  # log2 K of the loaded codebook
     # Diffusion variants (AudioLDM2 UNet, DDIM).
     diffusion_steps: int = 20  # DDIM steps of ddcm_input's refinement and of text2audio
     guidance_scale: float = 7.5
@@ -118,13 +119,16 @@ def register(name: str, description: str, **kwargs) -> Callable:
 
 
 # ---------------------------------------------------------------------- shared steps
+def segment_seed(seed: int, key: str) -> int:
+    """A generator seed for one segment of a run: independent of batching, device count and rank."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:7], "little")
+
+
 def seeded_normal(keys: list[str], shape: tuple[int, ...], seed: int, like: Tensor) -> Tensor:
     """Standard normal noise, one independent seeded stream per segment key (batching-invariant)."""
     draws = []
     for key in keys:
-        digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-        draws.append(torch.randn(shape, generator=gen))
+        draws.append(torch.randn(shape, generator=torch.Generator().manual_seed(segment_seed(seed, key))))
     return torch.stack(draws).to(device=like.device, dtype=like.dtype)
 
 
@@ -160,6 +164,12 @@ def highpass_zero_phase(wav: Tensor, cutoff_hz: float, sample_rate: int) -> Tens
 
 def decode_and_vocode(models: Models, z: Tensor, num_samples: int) -> Tensor:
     return models.backbone.vocode(models.backbone.decode(z), num_samples).float()
+
+
+def hard_codes(models: Models, latent: Tensor, variant: str) -> Tensor:
+    """The nearest trained code of every latent vector."""
+    quantizer = models.require_quantizer(variant)
+    return quantizer.decode_indices(quantizer.quantize_indices(latent)).to(latent.dtype)
 
 
 def notes_for(fired: Tensor, message: str) -> list[list[str]]:
@@ -255,22 +265,29 @@ def griffinlim(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     # The front-end drops the STFT's last frame; repeat one so istft spans the full length.
     magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)
     window = torch.hann_window(spec.win_length, periodic=True, device=magnitude.device)
-    with torch.random.fork_rng(devices=[magnitude.device] if magnitude.device.type == "cuda" else []):
-        torch.manual_seed(settings.seed)
-        wav = AF.griffinlim(
-            magnitude, window, spec.n_fft, spec.hop_length, spec.win_length, power=1.0,
-            n_iter=settings.griffinlim_iters, momentum=0.99, length=x.wav.shape[-1], rand_init=True,
-        )
-    return Reconstruction(peak_guard(wav.float()))
+    outputs = []
+    for segment, key in zip(magnitude, x.keys):
+        # Seeded per segment, so the random initial phase does not depend on batching or rank.
+        with torch.random.fork_rng(devices=[magnitude.device] if magnitude.device.type == "cuda" else []):
+            torch.manual_seed(segment_seed(settings.seed, key))
+            outputs.append(AF.griffinlim(
+                segment, window, spec.n_fft, spec.hop_length, spec.win_length, power=1.0,
+                n_iter=settings.griffinlim_iters, momentum=0.99, length=x.wav.shape[-1], rand_init=True,
+            ))
+    return Reconstruction(peak_guard(torch.stack(outputs).float()))
 
 
 # ---------------------------------------------------------------------- codebook variants
-@register("codebook_hard", "nearest trained code per latent vector -> decode -> vocoder", requires=("codebook",), bitrate_bps=CODEBOOK_HARD_BPS)
+@register(
+    "codebook_hard",
+    "nearest trained code per latent vector -> decode -> vocoder",
+    requires=("codebook",),
+    bitrate_bps=lambda settings: settings.codebook_bits * LATENT_VECTORS_PER_SECOND,
+)
 def codebook_hard(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
     """"DDCM Final" as a codec: mode -> nearest code of the trained 1024x8 codebook -> decode.
     10 bits per 8-dim vector at 400 vectors/s = 4.0 kbps."""
-    quantizer = models.require_quantizer("codebook_hard")
-    z_q = quantizer.decode_indices(quantizer.quantize_indices(x.mean)).to(x.mean.dtype)
+    z_q = hard_codes(models, x.mean, "codebook_hard")
     return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q)
 
 
@@ -290,15 +307,6 @@ def codebook_soft(x: VariantInput, models: Models, settings: VariantSettings) ->
 
 
 # ---------------------------------------------------------------------- diffusion variants
-def segment_seed(seed: int, key: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:7], "little")
-
-
-def hard_codes(models: Models, latent: Tensor, variant: str) -> Tensor:
-    quantizer = models.require_quantizer(variant)
-    return quantizer.decode_indices(quantizer.quantize_indices(latent)).to(latent.dtype)
-
-
 @register("ddcm_input", "hard codes, then SDEdit refinement by the AudioLDM2 UNet (strength s)", requires=("codebook", "diffusion"))
 def ddcm_input(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
     """"DDCM Input Based", done so the output depends on the input: quantize the input latent with
@@ -353,7 +361,9 @@ def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     denoiser = diffusion.denoiser(settings.refine_prompt, settings.guidance_scale)
     codes, outputs = [], []
     for z in x.mean:
-        indices, reconstruction = compress(denoiser, z[None].float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
+        # fp32 whatever the run's precision: the bitstream header promises a float32 decoder.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            indices, reconstruction = compress(denoiser, z[None].float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
         codes.append(indices)
         outputs.append(reconstruction)
     latent = torch.cat(outputs).to(x.mean.dtype) / scale

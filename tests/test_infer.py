@@ -94,10 +94,13 @@ def test_existing_results_are_not_overwritten(tmp_path):
 
 def test_usage_errors_are_one_line(tmp_path):
     result = run_infer(["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path), "--variants", "vae_mode,bogus", "--wandb", "off"], cwd=tmp_path)
-    assert result.returncode != 0 and "unknown variants ['bogus']" in result.stderr
+    assert result.returncode == 2 and "error: unknown variants ['bogus']" in result.stderr
     write_tone(tmp_path / "a.wav", 1.0)
     result = run_infer(["--input", str(tmp_path / "a.wav"), "--backbone", "random:tiny", "--variants", "codebook_hard", "--wandb", "off"], cwd=tmp_path)
-    assert result.returncode != 0 and "needs codebook" in result.stderr
+    assert result.returncode == 2 and "needs codebook" in result.stderr
+    result = run_infer(["--input", str(tmp_path / "a.wav"), "--backbone", "random:tiny", "--variants", "vae_mode", "--wandb", "off",
+                        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"], cwd=tmp_path)
+    assert result.returncode == 2 and "1 input file(s) for 2 processes" in result.stderr
 
 
 def test_diffusion_variants_on_two_devices(tmp_path):

@@ -44,8 +44,9 @@ def batch(models):
 
 def test_registry_keeps_every_seed_variant():
     assert SEED_VARIANTS <= set(VARIANTS)
-    assert VARIANTS["codebook_hard"].bitrate_bps == 4000.0
-    assert VARIANTS["codebook_soft"].bitrate_bps is None and VARIANTS["vae_mode"].bitrate_bps is None
+    assert VARIANTS["codebook_hard"].bitrate(VariantSettings()) == 4000.0  # 10 bits x 400 vectors/s
+    assert VARIANTS["codebook_hard"].bitrate(VariantSettings(codebook_bits=9)) == 3600.0
+    assert VARIANTS["codebook_soft"].bitrate(VariantSettings()) is None and VARIANTS["vae_mode"].bitrate(VariantSettings()) is None
 
 
 @pytest.mark.parametrize("name", sorted(SEED_VARIANTS))
@@ -63,6 +64,14 @@ def test_seeded_noise_is_per_segment_not_per_batch():
     alone = seeded_normal(["b#0"], (3,), seed=1, like=like)
     assert torch.equal(both[1], alone[0]) and not torch.equal(both[0], both[1])
     assert not torch.equal(seeded_normal(["b#0"], (3,), seed=2, like=like), alone)
+
+
+@pytest.mark.parametrize("name", ["griffinlim", "vae_sample", "vae_mixed"])
+def test_random_variants_do_not_depend_on_batching(name, models, batch):
+    settings = VariantSettings(griffinlim_iters=2)
+    together = VARIANTS[name].fn(batch, models, settings).wav
+    second = VariantInput(batch.wav[1:], batch.logmel[1:], batch.mean[1:], batch.std[1:], batch.keys[1:])
+    torch.testing.assert_close(VARIANTS[name].fn(second, models, settings).wav[0], together[1], atol=1e-5, rtol=0)
 
 
 def test_vae_sample_is_seeded(models, batch):
