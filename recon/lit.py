@@ -128,7 +128,12 @@ class CodebookTrainer(L.LightningModule):
         if not self.cfg.kmeans_init or bool(self.quantizer.initialized):
             return
         vectors = []
-        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else self.trainer.train_dataloader
+        if datamodule is not None:
+            loader = datamodule.train_dataloader()
+        else:
+            # Loaders passed to fit() directly are only set up after on_fit_start.
+            self.trainer.fit_loop.setup_data()
+            loader = self.trainer.train_dataloader
         for i, batch in enumerate(loader):
             if i >= self.hparams.kmeans_init_batches:
                 break
