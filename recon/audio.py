@@ -71,16 +71,33 @@ class AudioLoadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def _read_file(path: Path, start_seconds: float = 0.0, seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Read ``[channels, samples]`` float32 from a file, with soundfile, else librosa (mp3/m4a/...)."""
+def _soundfile_info(path: Path):
+    """soundfile's header info, or None when soundfile does not know the container (librosa may)."""
     if not path.is_file():
         raise AudioLoadError(path, "no such file")
     if path.stat().st_size == 0:
         raise AudioLoadError(path, "empty file")
     try:
-        info = sf.info(str(path))
+        return sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError):
-        info = None
+        return None
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds from the header, decoding (librosa) only when soundfile cannot read it."""
+    path = Path(path)
+    info = _soundfile_info(path)
+    if info is not None:
+        return info.frames / info.samplerate
+    try:
+        return float(librosa.get_duration(path=str(path)))
+    except Exception as err:  # librosa surfaces many backend-specific error types
+        raise AudioLoadError(path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+
+
+def _read_file(path: Path, start_seconds: float = 0.0, seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Read ``[channels, samples]`` float32 from a file, with soundfile, else librosa (mp3/m4a/...)."""
+    info = _soundfile_info(path)
     if info is not None:
         start = int(round(start_seconds * info.samplerate))
         stop = None if seconds is None else start + int(math.ceil(seconds * info.samplerate))

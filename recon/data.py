@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import soundfile as sf
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .audio import AudioLoadError, AudioSpec, load_waveform
+from .audio import AudioLoadError, AudioSpec, audio_duration, load_waveform
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +28,6 @@ def find_audio_files(root: str | Path, extensions: tuple[str, ...] = AUDIO_EXTEN
     if not root.is_dir():
         raise FileNotFoundError(f"no such file or folder: {root}")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-
-
-def audio_duration(path: Path) -> float:
-    """Duration in seconds from the header (soundfile), decoding only when the header cannot tell."""
-    try:
-        info = sf.info(str(path))
-        return info.frames / info.samplerate
-    except (sf.LibsndfileError, RuntimeError):
-        import librosa
-
-        try:
-            return float(librosa.get_duration(path=str(path)))
-        except Exception as err:  # librosa raises backend-specific types
-            raise AudioLoadError(path, f"not a readable audio file ({type(err).__name__})") from err
 
 
 @dataclass(frozen=True)

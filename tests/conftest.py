@@ -19,6 +19,16 @@ DATA = Path(__file__).parent / "data"
 FRONTEND_REFERENCE = DATA / "audioldm2_frontend"
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of tiny tensors: intra-op threads gain nothing there, and on a busy machine two
+    OpenMP threads wait on each other at every op (measured 10x slower). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory) -> Path:
     from recon.backbone import make_backbone_folder

@@ -26,14 +26,7 @@ from recon.diffusion import AUDIOLDM2_SCHEDULER_CONFIG
 DIM, BATCH, SEED = 256, 8, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine two OpenMP threads
-    wait on each other at every op (measured 10x slower); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def snr_db(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -21,14 +21,7 @@ PROMPT = "a hammer hitting a wooden surface"
 LATENT = (1, 8, 256, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine two OpenMP threads
-    wait on each other at every op (measured 10x slower); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="session")
