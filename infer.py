@@ -5,7 +5,7 @@
 
 Writes OUT/<variant>/<file>.wav, OUT/input/<file>.wav, OUT/metrics.csv, OUT/summary.json,
 OUT/errors.csv and OUT/report.html; logs a W&B table (offline by default). Exit status 1 when any
-input failed (see errors.csv), 2 on a usage error.
+input or any variant of an input failed (see errors.csv; the rest is written), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,16 +22,12 @@ import torch
 from recon.audio import MelFrontEnd
 from recon.backbone import HUB_ID, FrozenAudioLDM2
 from recon.lit import load_codebook_trainer
+from recon.precision import SUPPORTED_PRECISIONS, check_precision
 from recon.report import log_to_wandb, write_html_report
-from recon.runner import InferenceFiles, ResultWriter, RunInfo, VariantRunner, collate_files
+from recon.runner import InferenceFiles, ResultWriter, RunInfo, UsageError, VariantRunner, check_output, collate_files
 from recon.variants import VARIANTS, Models, VariantSettings, resolve
 
 log = logging.getLogger("recon.infer")
-RESULT_NAMES = ("metrics.csv", "summary.json", "errors.csv", "report.html")
-
-
-class UsageError(ValueError):
-    """A problem with the command line or its inputs as a whole (exit status 2)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", default="1", help="number of devices, or 'auto'")
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (Lightning strategies)")
-    p.add_argument("--precision", default="32-true", help="32-true (default), bf16-mixed, 16-mixed")
+    p.add_argument("--precision", default="32-true", help=f"{', '.join(SUPPORTED_PRECISIONS)}: the networks run under autocast, the front-end, quantizer, filters and metrics stay float32 (default: %(default)s; Lightning runs 16-mixed as bf16-mixed on CPU)")
     p.add_argument("--batch-size", type=int, default=4, help="10.24 s segments per forward pass (and files per step)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
@@ -71,18 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def is_launch_process() -> bool:
-    """False in the processes Lightning's DDP launcher starts for ranks > 0."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    existing = [name for name in RESULT_NAMES if (out / name).exists()]
-    existing += [p.name + "/" for p in out.iterdir() if p.is_dir() and any(p.rglob("*.wav"))] if out.is_dir() else []
-    if existing and not overwrite:
-        raise UsageError(f"{out} already holds results ({', '.join(sorted(existing))}); pass --overwrite or choose another --output")
-    # Parts of an interrupted run must not be merged into this one.
-    shutil.rmtree(out / ".parts", ignore_errors=True)
+def is_launching_process(trainer: L.Trainer) -> bool:
+    """Global rank 0 in the process that starts the others (or the only one); False under torchrun/SLURM,
+    where every rank is started externally and the writer checks the output folder collectively."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return trainer.global_rank == 0 and (environment is None or not environment.creates_processes_externally)
 
 
 def load_models(args: argparse.Namespace) -> Models:
@@ -111,7 +98,7 @@ def load_models(args: argparse.Namespace) -> Models:
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(parse_args(argv))
-    except (UsageError, ValueError, FileNotFoundError) as err:
+    except (UsageError, ValueError, FileNotFoundError) as err:  # UnsupportedPrecision is a ValueError
         # One line naming what is wrong; input files that fail are reported in errors.csv instead.
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
@@ -120,7 +107,17 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.output)
-    if is_launch_process():
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=int(args.devices) if args.devices.isdigit() else args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        precision=check_precision(args.precision),
+        logger=False,
+        enable_model_summary=False,
+    )
+    if is_launching_process(trainer):
+        # Fail fast, before loading models; the writer checks again, on every rank, at setup.
         check_output(out, args.overwrite)
     models = load_models(args)
     variants = resolve(args.variants, {"codebook": models.quantizer is not None, "diffusion": models.diffusion is not None})
@@ -147,17 +144,8 @@ def run(args: argparse.Namespace) -> int:
                 models.diffusion.prompt_embeddings(prompt, settings.guidance_scale)
     run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite",)}
     run_settings["backbone_source"] = models.backbone.source
-    writer = ResultWriter(out, RunInfo(variants, run_settings, settings), models.backbone.spec, perceptual=not args.no_perceptual)
-    trainer = L.Trainer(
-        accelerator=args.accelerator,
-        devices=int(args.devices) if args.devices.isdigit() else args.devices,
-        num_nodes=args.num_nodes,
-        strategy=args.strategy,
-        precision=args.precision,
-        logger=False,
-        callbacks=[writer],
-        enable_model_summary=False,
-    )
+    writer = ResultWriter(out, RunInfo(variants, run_settings, settings), models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite)
+    trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):
         raise UsageError(f"{len(dataset)} input file(s) for {trainer.world_size} processes: use at most {len(dataset)} devices")
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_files)
@@ -169,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     log_to_wandb(out, mode=args.wandb, project=args.wandb_project, max_files=args.report_max_files, config=run_settings)
     with open(out / "errors.csv", newline="") as f:
         errors = list(csv.DictReader(f))
-    print(f"wrote {out}/ (report: {out / 'report.html'}); {len(errors)} input(s) failed" + (f", see {out / 'errors.csv'}" if errors else ""))
+    print(f"wrote {out}/ (report: {out / 'report.html'}); {len(errors)} error(s)" + (f", see {out / 'errors.csv'}" if errors else ""))
     return 1 if errors else 0
 
 

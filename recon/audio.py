@@ -30,6 +30,8 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
+from .precision import fp32_island
+
 Mixdown = Literal["mean", "first"]
 
 # Guards the two peak normalisations against division by zero on silent input.
@@ -193,8 +195,17 @@ class MelFrontEnd(nn.Module):
         super().__init__()
         self.spec = spec
         mel = librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, fmin=spec.fmin, fmax=spec.fmax)
-        self.register_buffer("mel_basis", torch.from_numpy(mel).float(), persistent=False)
-        self.register_buffer("window", torch.hann_window(spec.win_length, periodic=True), persistent=False)
+        self._float32 = {"mel_basis": torch.from_numpy(mel).float(), "window": torch.hann_window(spec.win_length, periodic=True)}
+        for name, value in self._float32.items():
+            self.register_buffer(name, value.clone(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Buffers follow the module to any device but stay float32 with their exact values: a
+        # module-wide cast to half precision (``.half()``, a ``*-true`` precision) would round them.
+        super()._apply(fn, recurse)
+        for name, value in self._float32.items():
+            setattr(self, name, value.to(getattr(self, name).device))
+        return self
 
     def magnitude(self, wav: Tensor) -> Tensor:
         """Magnitude STFT ``[B, n_fft // 2 + 1, frames]`` with the trailing frame dropped."""
@@ -213,7 +224,8 @@ class MelFrontEnd(nn.Module):
     def forward(self, wav: Tensor) -> Tensor:
         if wav.dim() != 2:
             raise ValueError(f"MelFrontEnd expects [batch, samples], got shape {tuple(wav.shape)}")
-        with torch.autocast(device_type=wav.device.type, enabled=False):
+        # float32 whatever the run's precision: autocast would compute the matmul in half precision.
+        with fp32_island(wav.device):
             mel = self.mel_basis @ self.magnitude(wav)
             logmel = torch.log(torch.clamp(mel, min=LOG_MEL_FLOOR))
         return logmel.transpose(1, 2).unsqueeze(1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from .audio import MelFrontEnd
 from .backbone import FrozenAudioLDM2
 from .data import AudioFolder
+from .files import write_npy
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -55,16 +55,22 @@ class LatentCache:
             self._digests[seg.path] = file_digest(seg.path)
         return self.dir / f"{self._digests[seg.path]}_{seg.index}.npy"
 
-    def missing(self, dataset: AudioFolder) -> list[int]:
-        return [i for i in range(len(dataset)) if not self.entry(dataset, i).is_file()]
+    def missing(self, dataset: AudioFolder, indices: list[int] | None = None) -> list[int]:
+        indices = range(len(dataset)) if indices is None else indices
+        return [i for i in indices if not self.entry(dataset, i).is_file()]
 
     @torch.no_grad()
     def build(
         self, dataset: AudioFolder, backbone: FrozenAudioLDM2, batch_size: int = 4, progress: bool = True, shard: tuple[int, int] = (0, 1)
     ) -> int:
-        """Encode the segments not yet cached (``shard = (rank, world)``: this rank's share); returns how many."""
+        """Encode the segments not yet cached of this rank's share; returns how many.
+
+        ``shard = (rank, world)``: the rank owns segments ``rank, rank + world, ...`` of the dataset,
+        a split every rank computes alike whatever is already cached (each rank listing what is
+        missing at a different moment and then splitting that list would drop segments).
+        """
         rank, world = shard
-        todo = self.missing(dataset)[rank::world]
+        todo = self.missing(dataset, list(range(len(dataset)))[rank::world])
         if not todo:
             return 0
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -75,10 +81,7 @@ class LatentCache:
             posterior = backbone.encode(frontend(batch["wav"].to(device)))
             stacked = torch.stack([posterior.mean, posterior.std], dim=1).float().cpu().numpy()
             for index, array in zip(batch["index"].tolist(), stacked):
-                target = self.entry(dataset, index)
-                tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
-                np.save(tmp, array)
-                os.replace(tmp, target)
+                write_npy(self.entry(dataset, index), array)
         return len(todo)
 
 

@@ -121,18 +121,21 @@ def split_files(files: list[Path], val_fraction: float, seed: int) -> tuple[list
 
 
 class ResumableSampler(Sampler[int]):
-    """Dataset order as a pure function of (seed, epoch), sharded over DDP ranks, resumable mid-epoch.
+    """The training order as a pure function of (seed, batches taken), sharded over DDP ranks.
 
-    Each rank takes every ``world``-th index of the epoch's order, padded by wrapping so all ranks
-    run the same number of batches (uneven shares would hang DDP training). ``resume_at(epoch, n)``
-    skips the first ``n`` indices of that epoch once, so a run resumed from a mid-epoch
-    checkpoint sees exactly the batches an uninterrupted run would have.
+    Epoch ``e`` visits ``randperm(size, seed + e)``; each rank takes every ``world``-th index of it,
+    padded by wrapping so all ranks run the same number of batches (uneven shares would hang DDP
+    training). The sampler keeps its own epoch count, one per pass, instead of Lightning's epoch
+    number: a checkpoint written when ``max_steps`` stops training mid-epoch counts that epoch as
+    finished in Lightning's loop state, while the data stream must go on where it stopped.
+    :meth:`start_at` places the stream after ``batches`` batches, so a resumed run sees exactly the
+    batches an uninterrupted run would have.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
-        self.size, self.seed, self.shuffle = size, seed, shuffle
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, batch_size: int = 1):
+        self.size, self.seed, self.shuffle, self.batch_size = size, seed, shuffle, batch_size
         self.epoch = 0
-        self._resume: tuple[int, int] | None = None
+        self._skip = 0
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -140,11 +143,14 @@ class ResumableSampler(Sampler[int]):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self) / self.batch_size)
 
-    def resume_at(self, epoch: int, consumed: int) -> None:
-        self._resume = (epoch, consumed)
+    def start_at(self, batches: int) -> None:
+        """Continue the stream after ``batches`` batches (counted over all epochs) of this rank."""
+        self.epoch, within = divmod(batches, max(self.batches_per_epoch, 1))
+        self._skip = within * self.batch_size
 
     def _order(self) -> list[int]:
         if self.shuffle:
@@ -157,10 +163,10 @@ class ResumableSampler(Sampler[int]):
         return order[rank::world]
 
     def __iter__(self):
-        order = self._order()
-        if self._resume is not None and self._resume[0] == self.epoch:
-            order = order[self._resume[1] :]
-        self._resume = None
+        # One call per pass over the data: the rest of the current epoch, then the next epoch.
+        order = self._order()[self._skip :]
+        self._skip = 0
+        self.epoch += 1
         return iter(order)
 
     def __len__(self) -> int:
@@ -173,7 +179,7 @@ class AudioDataModule(L.LightningDataModule):
     With ``cache_dir`` set, a trainer that owns the frozen encoder calls :meth:`attach_latent_cache`
     and the loaders then yield cached posteriors (``mean``, ``std``) instead of waveforms.
     Training batches come from a :class:`ResumableSampler`; the datamodule's state in a checkpoint
-    records where in the epoch training stood, so ``--ckpt_path`` resumes mid-epoch exactly.
+    records how many batches were taken, so ``--ckpt_path`` resumes mid-epoch exactly.
     Lightning must not replace that sampler: train with ``use_distributed_sampler: false``.
     """
 
@@ -192,7 +198,7 @@ class AudioDataModule(L.LightningDataModule):
         super().__init__()
         self.cache_dir = cache_dir
         self.latents: tuple[Dataset, Dataset] | None = None
-        self._resume: tuple[int, int] | None = None
+        self._resume_batches = 0
         self.root = root
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -226,16 +232,26 @@ class AudioDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         for dataset in (self.train_set, self.val_set):
-            # Each rank encodes its share of the missing segments; entries are written atomically.
+            # Each rank encodes the missing segments of its share; entries are written atomically.
             cache.build(dataset, backbone, batch_size=self.batch_size, shard=(rank, world))
         if trainer is not None:
             trainer.strategy.barrier("latent-cache")
+        missing = [(dataset, i) for dataset in (self.train_set, self.val_set) for i in cache.missing(dataset)]
+        complete = trainer.strategy.reduce_boolean_decision(not missing, all=True) if trainer is not None else not missing
+        if not complete:
+            # Every rank stops here together; a rank that sees everything names no segment.
+            named = ", ".join(f"{d.segments[i].relpath}#{d.segments[i].index}" for d, i in missing[:5])
+            raise RuntimeError(
+                f"the latent cache {cache.dir} is incomplete after every rank encoded its share"
+                + (f": rank {rank} cannot see {len(missing)} segment(s) ({named}{', ...' if len(missing) > 5 else ''})" if missing else "")
+                + "; data.cache_dir must be on a file system shared by all nodes"
+            )
         self.latents = (LatentDataset(self.train_set, cache), LatentDataset(self.val_set, cache))
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        sampler = ResumableSampler(len(dataset), seed=self.seed, shuffle=shuffle)
-        if shuffle and self._resume is not None:
-            sampler.resume_at(*self._resume)
+        sampler = ResumableSampler(len(dataset), seed=self.seed, shuffle=shuffle, batch_size=self.batch_size)
+        if shuffle and self._resume_batches:
+            sampler.start_at(self._resume_batches)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -251,15 +267,14 @@ class AudioDataModule(L.LightningDataModule):
         return self._loader(self.latents[1] if self.latents else self.val_set, shuffle=False)
 
     def state_dict(self) -> dict:
-        # Saved with every checkpoint: which epoch, and how many samples of it this rank consumed.
-        # `ready` counts batches already taken by a step; `completed` lags by one inside
-        # on_train_batch_end, where step-interval checkpoints are written.
+        # Saved with every checkpoint: how many training batches this rank has taken in all
+        # (Lightning's count, restored with its loops), which fixes the position in the data stream.
         trainer = self.trainer
         if trainer is None:
             return {}
-        taken = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return {"epoch": trainer.current_epoch, "consumed": taken * self.batch_size}
+        return {"batches": trainer.fit_loop.epoch_loop.batch_progress.total.ready}
 
     def load_state_dict(self, state: dict) -> None:
-        if state:
-            self._resume = (state["epoch"], state["consumed"])
+        if "epoch" in state:
+            raise ValueError("this checkpoint records its data position in an older format; it cannot be resumed exactly")
+        self._resume_batches = state.get("batches", 0)

@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .audio import AudioSpec, MelFrontEnd
 from .backbone import HUB_ID, FrozenAudioLDM2
 from .codebook import CodebookConfig, QuantizerOutput, VectorQuantizer
 from .metrics import latent_snr
+from .precision import check_precision
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ class CodebookTrainer(L.LightningModule):
     # ------------------------------------------------------------------ lightning hooks
     def setup(self, stage: str) -> None:
         trainer = self.trainer
+        check_precision(trainer.precision)
         if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
             raise ValueError("train with `trainer.use_distributed_sampler: false`: recon's ResumableSampler shards the data itself")
         datamodule = getattr(trainer, "datamodule", None)
@@ -211,6 +214,7 @@ class CodebookTrainer(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
+        _resumable_loop_state(self.trainer, checkpoint)
         checkpoint["recon"] = {
             "format": CHECKPOINT_FORMAT,
             "backbone_signature": self.backbone.signature(),
@@ -239,6 +243,33 @@ class CodebookTrainer(L.LightningModule):
         checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith("backbone.")})
 
 
+def _resumable_loop_state(trainer: L.Trainer, checkpoint: dict) -> None:
+    """Make the loop state of a checkpoint written after training ended resume like an uninterrupted run.
+
+    The last checkpoint (``save_last``, written in ``on_train_end``) comes after Lightning closed
+    the epoch that ``max_steps`` ended. Resuming as saved goes wrong in both cases:
+    stopped mid-epoch, the next epoch would start, one epoch ahead; stopped at an epoch's last
+    batch, the next epoch would start with that epoch's batch count and end after one batch. So an
+    epoch cut short is reopened (as a checkpoint written after that batch inside the epoch would
+    record it), and an epoch finished at its last batch leaves a fresh batch count for the next.
+    """
+    if trainer is None or "loops" not in checkpoint:
+        return
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    epochs = trainer.fit_loop.epoch_progress.current
+    closed = epochs.ready == epochs.processed == epochs.completed
+    if not closed or batches.current.ready == 0:
+        return
+    loops = checkpoint["loops"]["fit_loop"]
+    if batches.is_last_batch:
+        loops["epoch_loop.batch_progress"]["current"] = {k: 0 for k in loops["epoch_loop.batch_progress"]["current"]}
+        loops["epoch_loop.batch_progress"]["is_last_batch"] = False
+        return
+    for counts in (loops["epoch_progress"]["total"], loops["epoch_progress"]["current"]):
+        counts["processed"] -= 1
+        counts["completed"] -= 1
+
+
 class CodebookDDPStrategy(DDPStrategy):
     """DDP that leaves the model unwrapped when nothing in it takes gradients.
 
@@ -251,6 +282,12 @@ class CodebookDDPStrategy(DDPStrategy):
         if not any(p.requires_grad for p in model.parameters()):
             return model
         return super()._setup_model(model)
+
+    def _register_ddp_hooks(self) -> None:
+        # Lightning asserts a DistributedDataParallel wrapper here on CUDA; a bare module has no
+        # gradients to communicate, hence no hooks to register.
+        if isinstance(self.model, DistributedDataParallel):
+            super()._register_ddp_hooks()
 
 
 StrategyRegistry.register("codebook_ddp", CodebookDDPStrategy, description="DDP that skips wrapping a model with nothing to train")

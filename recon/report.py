@@ -29,8 +29,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from PIL import Image
 from torch import Tensor
 
 from recon.audio import LOG_MEL_FLOOR, AudioLoadError, AudioSpec, MelFrontEnd, load_audio
+from recon.files import write_text
 
 # --------------------------------------------------------------------------------------------------
 # constants
@@ -412,17 +411,6 @@ def _errors_table(errors: list[dict]) -> str:
     return "".join(out)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = AudioSpec()) -> str:
     """The report page as a string (see :func:`write_html_report`)."""
     out_dir = Path(out_dir)
@@ -474,7 +462,7 @@ def write_html_report(out_dir: str | Path, max_files: int = 12) -> Path:
     """
     out_dir = Path(out_dir)
     path = out_dir / "report.html"
-    _atomic_write_text(path, build_html(out_dir, max_files))
+    write_text(path, build_html(out_dir, max_files))
     return path
 
 

@@ -1,34 +1,50 @@
 """Run reconstruction variants over audio files with ``Trainer.predict``, on one or many devices.
 
 Data flows one way: file -> normalised waveform -> 10.24 s segments -> log-mel -> posterior (once)
--> each variant -> stitched waveform -> metrics -> files. Under DDP, Lightning's predict split is
-unrepeated (rank r gets items r, r + world, ...), so every file is processed by exactly one rank;
-the writer keys everything by the global dataset index it is handed and writes each output once.
+-> each variant -> stitched waveform -> metrics (on the device) -> host arrays -> files.
+
+Rules that keep it running on any accelerator, precision and number of ranks:
+
+* ``predict_step`` returns :class:`FileResult` records holding numpy arrays only; the writer never
+  touches a device (Lightning moves the whole batch to the accelerator, so anything passed through
+  unconverted would be a device tensor).
+* An exception in one variant for one file becomes an error row (file, variant, reason) and the
+  rest goes on; a batch that fails is retried one file at a time first (a CUDA out-of-memory error
+  on a batch of several files usually passes file by file).
+* Under DDP, Lightning's predict split is unrepeated (rank r gets items r, r + world, ...), so every
+  file is processed by exactly one rank. Rows and errors reach global rank 0 through the process
+  group, not through files; the output folder must be shared by all ranks, which a marker written
+  by rank 0 and checked by every rank proves before any work starts.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-import os
+import socket
 import statistics
 import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import lightning as L
 import numpy as np
-import soundfile as sf
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from . import files
 from . import metrics as M
-from .audio import AudioLoadError, AudioSpec, MelFrontEnd, load_audio, normalise, split_segments
+from .audio import AudioLoadError, AudioSpec, load_audio, normalise, split_segments
 from .data import find_audio_files
+from .precision import fp32_island
 from .variants import Models, Variant, VariantInput, VariantSettings
 
 log = logging.getLogger(__name__)
@@ -36,12 +52,22 @@ log = logging.getLogger(__name__)
 MIN_SECONDS = 0.1
 METRIC_COLUMNS = (*M.WAVEFORM_METRICS, *M.PERCEPTUAL_METRICS, "latent_snr_db")
 ROW_COLUMNS = ("file", "variant", "duration_s", "seconds", *METRIC_COLUMNS, "bitrate_bps", "notes")
+ERROR_COLUMNS = ("file", "variant", "reason")
+RESULT_NAMES = ("metrics.csv", "summary.json", "errors.csv", "report.html")
+# Written by global rank 0 at start-up; every rank must see it (a shared output folder).
+RUN_MARKER = ".recon-run"
+T = TypeVar("T")
+
+
+class UsageError(ValueError):
+    """A problem with the command line or the run as a whole (exit status 2), one line."""
 
 
 def output_relpath(relpath: str) -> str:
     return Path(relpath).with_suffix(".wav").as_posix()
 
 
+# ---------------------------------------------------------------------- input
 class InferenceFiles(Dataset):
     """Whole input files (normalised once, like AudioLDM2 does per clip), or the reason one failed.
 
@@ -88,6 +114,55 @@ def collate_files(items: list[dict]) -> list[dict]:
     return items
 
 
+# ---------------------------------------------------------------------- what predict_step hands the writer
+def _require_host(name: str, value) -> None:
+    if value is not None and not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array on the host, got {type(value).__name__}: predict_step converts device tensors")
+
+
+@dataclass
+class VariantResult:
+    """One variant's output for one file, on the host. ``error`` set: nothing else is meaningful."""
+
+    variant: str
+    wav: np.ndarray | None = None  # float32 [samples], the input's length
+    metrics: dict[str, float] = field(default_factory=dict)  # the torch metrics, computed on the device
+    latent_snr_db: float | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # this file's share of the variant's compute (and of the shared encode)
+    bitstream: bytes | None = None
+    error: str | None = None
+
+    def check_host(self) -> None:
+        _require_host(f"{self.variant} output", self.wav)
+
+
+@dataclass
+class FileResult:
+    """Everything the writer needs for one input file, as host data (numpy, bytes, floats)."""
+
+    index: int  # global dataset index
+    relpath: str
+    input_wav: np.ndarray | None = None  # the normalised reference, float32 [samples]
+    error: str | None = None  # the file as a whole failed (unreadable, or its encode failed)
+    variants: list[VariantResult] = field(default_factory=list)
+
+    def check_host(self) -> None:
+        """Raise unless every array is a host (numpy) array: the writer's one precondition."""
+        _require_host(f"{self.relpath} input", self.input_wav)
+        for entry in self.variants:
+            entry.check_host()
+
+
+def describe_error(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:500]
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+# ---------------------------------------------------------------------- the module
 class VariantRunner(L.LightningModule):
     """Encodes each chunk of segments once and runs every requested variant on it."""
 
@@ -102,6 +177,7 @@ class VariantRunner(L.LightningModule):
         self.variants = variants
         self.settings = settings
         self.segment_batch = segment_batch
+        self._reported: set[str] = set()
 
     @property
     def models(self) -> Models:
@@ -111,90 +187,153 @@ class VariantRunner(L.LightningModule):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _isolated(self, what: str, run: Callable[[list[int]], T], groups: list[list[int]]) -> list[tuple[list[int], T | Exception]]:
+        """``run`` on all groups together; if that raises and there are several groups, on each alone.
+
+        Returns (members, result or the exception) pairs. A group is one file's segments (or one
+        variant's outputs), so a failure is pinned on the file that causes it.
+        """
+        members = [m for g in groups for m in g]
+        try:
+            return [(members, run(members))]
+        except Exception as err:  # reported per file by the caller, never swallowed
+            if len(groups) == 1:
+                self._log_first(what, err)
+                return [(members, err)]
+            if _is_out_of_memory(err) and self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("%s failed on a batch (%s); retrying one item at a time", what, describe_error(err))
+        results = []
+        for group in groups:
+            try:
+                results.append((group, run(group)))
+            except Exception as err:
+                self._log_first(what, err)
+                results.append((group, err))
+        return results
+
+    def _log_first(self, what: str, err: Exception) -> None:
+        # The traceback once per failing stage; every occurrence is an errors.csv row anyway.
+        if what not in self._reported:
+            self._reported.add(what)
+            log.error("%s failed: %s", what, describe_error(err), exc_info=err)
+
+    def _encode(self, wav: Tensor, keys: list[str]) -> VariantInput:
+        logmel = self.frontend(wav)
+        posterior = self.backbone.encode(logmel)
+        return VariantInput(wav, logmel, posterior.mean.float(), posterior.std.float(), keys)
+
     @torch.no_grad()
-    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[FileResult]:
         spec = self.backbone.spec
         ok = [item for item in batch if item["error"] is None]
         segments = [split_segments(item["wav"], spec) for item in ok]
+        owner = [f for f, seg in enumerate(segments) for _ in range(len(seg))]  # segment -> position in ok
         keys = [f"{item['relpath']}#{i}" for item, seg in zip(ok, segments) for i in range(len(seg))]
-        flat = torch.cat(segments) if segments else torch.empty(0, spec.num_samples)
-        outputs = {v.name: [] for v in self.variants}
-        latent_snr = {v.name: [] for v in self.variants}
-        notes = {v.name: [] for v in self.variants}
-        codes = {v.name: [] for v in self.variants}
-        seconds = {v.name: 0.0 for v in self.variants}
-        encode_seconds = 0.0
-        models = self.models
+        flat = torch.cat(segments) if segments else torch.empty(0, spec.num_samples, device=self.device)
+        names = [v.name for v in self.variants]
+        wavs: dict[str, dict[int, Tensor]] = {n: {} for n in names}  # variant -> segment -> wav
+        latent_snr: dict[str, dict[int, float]] = {n: {} for n in names}
+        notes: dict[str, dict[int, list[str]]] = {n: {} for n in names}
+        codes: dict[str, dict[int, Tensor]] = {n: {} for n in names}
+        failed: dict[tuple[int, str], str] = {}  # (file position, variant or "") -> reason
+        seconds = defaultdict(float)
+
+        def by_file(members: list[int]) -> list[list[int]]:
+            grouped: dict[int, list[int]] = defaultdict(list)
+            for s in members:
+                grouped[owner[s]].append(s)
+            return list(grouped.values())
+
         for start in range(0, len(flat), self.segment_batch):
-            wav = flat[start : start + self.segment_batch].to(self.device)
+            chunk = list(range(start, min(start + self.segment_batch, len(flat))))
             self._sync()
             t0 = time.perf_counter()
-            logmel = self.frontend(wav)
-            posterior = self.backbone.encode(logmel)
-            x = VariantInput(wav, logmel, posterior.mean.float(), posterior.std.float(), keys[start : start + self.segment_batch])
+            encoded = self._isolated("encode", lambda sel: self._encode(flat[sel], [keys[s] for s in sel]), by_file(chunk))
             self._sync()
-            encode_seconds += time.perf_counter() - t0
-            for variant in self.variants:
-                t0 = time.perf_counter()
-                rec = variant.fn(x, models, self.settings)
-                self._sync()
-                seconds[variant.name] += time.perf_counter() - t0
-                outputs[variant.name].append(rec.wav.float().cpu())
-                if rec.latent is not None:
-                    latent_snr[variant.name].append(M.latent_snr(x.mean, rec.latent).cpu())
-                notes[variant.name] += rec.notes or [[] for _ in range(len(wav))]
-                if rec.codes is not None:
-                    codes[variant.name].append(rec.codes.cpu())
-        return self._per_file(batch, ok, segments, outputs, latent_snr, notes, codes, seconds, encode_seconds)
-
-    def _per_file(self, batch, ok, segments, outputs, latent_snr, notes, codes, seconds, encode_seconds) -> list[dict]:
-        total = sum(len(s) for s in segments) or 1
-        cat = {name: torch.cat(chunks) if chunks else None for name, chunks in outputs.items()}
-        lat = {name: torch.cat(chunks) if chunks else None for name, chunks in latent_snr.items()}
-        coded = {name: torch.cat(chunks) if chunks else None for name, chunks in codes.items()}
-        segment_counts = {item["index"]: len(seg) for item, seg in zip(ok, segments)}
-        results, offset = [], 0
-        for item in batch:
-            if item["error"] is not None:
-                results.append({"index": item["index"], "relpath": item["relpath"], "error": item["error"]})
+            seconds["encode"] += time.perf_counter() - t0
+            for members, x in encoded:
+                if isinstance(x, Exception):
+                    for s in members:
+                        failed.setdefault((owner[s], ""), f"encode failed: {describe_error(x)}")
+                    continue
+                row = {s: r for r, s in enumerate(members)}
+                for variant in self.variants:
+                    t0 = time.perf_counter()
+                    runs = self._isolated(
+                        variant.name, lambda sel: variant.fn(x.select([row[s] for s in sel]), self.models, self.settings), by_file(members)
+                    )
+                    self._sync()
+                    seconds[variant.name] += time.perf_counter() - t0
+                    for sel, rec in runs:
+                        if isinstance(rec, Exception):
+                            for s in sel:
+                                failed.setdefault((owner[s], variant.name), describe_error(rec))
+                            continue
+                        snr = None
+                        if rec.latent is not None:
+                            snr = M.latent_snr(x.mean[[row[s] for s in sel]], rec.latent.float()).tolist()
+                        for r, s in enumerate(sel):
+                            wavs[variant.name][s] = rec.wav[r]
+                            if snr is not None:
+                                latent_snr[variant.name][s] = snr[r]
+                            notes[variant.name][s] = rec.notes[r] if rec.notes else []
+                            if rec.codes is not None:
+                                codes[variant.name][s] = rec.codes[r].cpu()
+        total = max(len(flat), 1)
+        results = {item["index"]: FileResult(item["index"], item["relpath"], error=item["error"]) for item in batch}
+        first = 0
+        for f, item in enumerate(ok):
+            members = list(range(first, first + len(segments[f])))
+            first += len(segments[f])
+            result = results[item["index"]]
+            result.input_wav = item["wav"].float().cpu().numpy()
+            if (f, "") in failed:
+                result.error = failed[(f, "")]
                 continue
-            n, length = segment_counts[item["index"]], item["wav"].numel()
-            share = n / total
-            result = {"index": item["index"], "relpath": item["relpath"], "error": None, "input": item["wav"], "variants": {}}
+            share = len(members) / total
+            stitched = {}
             for variant in self.variants:
                 name = variant.name
-                result["variants"][name] = {
-                    "wav": cat[name][offset : offset + n].reshape(-1)[:length],
-                    # Segment-weighted mean of per-segment latent SNRs; only for latent variants.
-                    "latent_snr_db": float(lat[name][offset : offset + n].mean()) if lat[name] is not None else None,
-                    "notes": sorted({note for seg in notes[name][offset : offset + n] for note in seg}),
-                    # The variant's own time plus its share of the one shared encode when it uses it.
-                    "seconds": share * (seconds[name] + (encode_seconds if variant.uses_latent else 0.0)),
-                    "bitstream": (
-                        variant.pack_codes(coded[name][offset : offset + n], self.settings, self.models)
-                        if variant.pack_codes is not None and coded[name] is not None
-                        else None
-                    ),
-                }
-            results.append(result)
-            offset += n
-        return results
+                entry = VariantResult(name, seconds=share * (seconds[name] + (seconds["encode"] if variant.uses_latent else 0.0)))
+                result.variants.append(entry)
+                if (f, name) in failed:
+                    entry.error = failed[(f, name)]
+                    continue
+                wav = torch.cat([wavs[name][s] for s in members]).float()[: item["wav"].numel()]
+                if not torch.isfinite(wav).all():
+                    entry.error = "produced non-finite audio (NaN or inf); nothing written"
+                    continue
+                stitched[name] = wav
+                lat = [latent_snr[name][s] for s in members if s in latent_snr[name]]
+                entry.latent_snr_db = statistics.fmean(lat) if lat else None
+                entry.notes = sorted({n for s in members for n in notes[name][s]})
+                if variant.pack_codes is not None and codes[name]:
+                    entry.bitstream = variant.pack_codes(torch.stack([codes[name][s] for s in members]), self.settings, self.models)
+            self._file_metrics(item["wav"].float(), stitched, result)
+        return [results[item["index"]] for item in batch]
+
+    def _file_metrics(self, reference: Tensor, stitched: dict[str, Tensor], result: FileResult) -> None:
+        """The torch metrics of every variant of one file, batched over the variants, on the device."""
+        by_name = {entry.variant: entry for entry in result.variants}
+        names = list(stitched)
+
+        def compute(sel: list[int]) -> dict[str, Tensor]:
+            with fp32_island(reference.device):
+                estimate = torch.stack([stitched[names[i]] for i in sel])
+                return M.compute_all(reference.expand_as(estimate).contiguous(), estimate, self.frontend, include_perceptual=False)
+
+        for sel, values in self._isolated("metrics", compute, [[i] for i in range(len(names))]):
+            for r, i in enumerate(sel):
+                entry = by_name[names[i]]
+                if isinstance(values, Exception):
+                    entry.error = f"metrics failed: {describe_error(values)}"
+                    continue
+                entry.metrics = {k: float(v[r]) for k, v in values.items()}
+                entry.wav = stitched[names[i]].cpu().numpy()
 
 
-def write_wav_atomic(path: Path, wav: Tensor | np.ndarray, sample_rate: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
-    os.replace(tmp, path)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
+# ---------------------------------------------------------------------- the writer
 @dataclass
 class RunInfo:
     variants: list[Variant]
@@ -202,106 +341,126 @@ class RunInfo:
     variant_settings: VariantSettings = field(default_factory=VariantSettings)
 
 
-class ResultWriter(BasePredictionWriter):
-    """Writes each file's outputs and metric rows as its batch finishes; rank 0 merges at the end.
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that already holds results, unless ``overwrite``."""
+    existing = [name for name in RESULT_NAMES if (out / name).exists()]
+    existing += [p.name + "/" for p in out.iterdir() if p.is_dir() and any(p.rglob("*.wav"))] if out.is_dir() else []
+    if existing and not overwrite:
+        raise UsageError(f"{out} already holds results ({', '.join(sorted(existing))}); pass --overwrite or choose another --output")
 
-    Rows go to a per-rank part file keyed by the global dataset index, so a file processed on any
-    rank appears exactly once in ``metrics.csv``.
+
+def gather_to_all(obj):
+    """Every rank's ``obj``, in rank order (``[obj]`` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+class ResultWriter(BasePredictionWriter):
+    """Writes each file's outputs as its batch finishes; rows and errors reach rank 0 at the end.
+
+    Host data only (see :class:`FileResult`). Perceptual metrics (PESQ, STOI) run here, on the CPU,
+    since their libraries take numpy arrays.
     """
 
-    def __init__(self, out_dir: str | Path, info: RunInfo, spec: AudioSpec = AudioSpec(), perceptual: bool = True):
+    def __init__(self, out_dir: str | Path, info: RunInfo, spec: AudioSpec = AudioSpec(), perceptual: bool = True, overwrite: bool = False):
         super().__init__(write_interval="batch")
         self.out = Path(out_dir)
         self.info = info
         self.spec = spec
         self.perceptual = perceptual
-        self.frontend = MelFrontEnd(spec)
-        self.parts = self.out / ".parts"
+        self.overwrite = overwrite
+        self.rows: list[dict] = []
+        self.errors: list[dict] = []
 
-    def _part(self, trainer, kind: str) -> Path:
-        return self.parts / f"{kind}.rank{trainer.global_rank}.jsonl"
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Before any work, on every rank: the output folder is usable, and it is the same folder for all."""
+        problem, token = None, None
+        if trainer.is_global_zero:
+            try:
+                check_output(self.out, self.overwrite)
+                token = uuid.uuid4().hex
+                files.write_text(self.out / RUN_MARKER, token)
+            except (UsageError, OSError) as err:
+                problem = str(err)
+        problem, token = trainer.strategy.broadcast((problem, token), src=0)
+        if problem is not None:
+            raise UsageError(problem)
+        marker = self.out / RUN_MARKER
+        sees = marker.is_file() and marker.read_text() == token
+        views = gather_to_all((trainer.global_rank, socket.gethostname(), sees))
+        blind = [(rank, host) for rank, host, ok in views if not ok]
+        if blind:
+            where = ", ".join(f"rank {rank} on {host}" for rank, host in blind)
+            raise UsageError(
+                f"the output folder {self.out} is not shared by all ranks: {where} cannot see the {RUN_MARKER} marker that "
+                "rank 0 wrote there; put --output on a file system that every node mounts"
+            )
+        self.rows, self.errors = [], []
 
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self.parts.mkdir(parents=True, exist_ok=True)
-        for kind in ("rows", "errors"):
-            self._part(trainer, kind).unlink(missing_ok=True)
+    def _error(self, result: FileResult, variant: str, reason: str) -> None:
+        log.error("%s%s: %s", result.relpath, f" [{variant}]" if variant else "", reason)
+        self.errors.append({"index": result.index, "file": result.relpath, "variant": variant, "reason": reason})
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        rows, errors = [], []
         for result in prediction:
-            if result["error"] is not None:
-                log.error("%s: %s", result["relpath"], result["error"])
-                errors.append({"index": result["index"], "file": result["relpath"], "reason": result["error"]})
+            if not isinstance(result, FileResult):
+                raise TypeError(f"predict_step must return FileResult records, got {type(result).__name__}")
+            result.check_host()
+            if result.error is not None:
+                self._error(result, "", result.error)
                 continue
-            rows += self._write_file(result, errors)
-        with open(self._part(trainer, "rows"), "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        with open(self._part(trainer, "errors"), "a") as f:
-            f.writelines(json.dumps(e) + "\n" for e in errors)
+            self._write_file(result)
 
-    def _write_file(self, result: dict, errors: list[dict]) -> list[dict]:
-        rel = output_relpath(result["relpath"])
-        reference = result["input"]
-        duration = reference.numel() / self.spec.sample_rate
-        write_wav_atomic(self.out / "input" / rel, reference.numpy(), self.spec.sample_rate)
-        rows = []
-        for variant in self.info.variants:
-            out = result["variants"][variant.name]
-            wav = out["wav"]
-            if not torch.isfinite(wav).all():
-                reason = f"variant {variant.name} produced non-finite audio; nothing written"
-                log.error("%s: %s", result["relpath"], reason)
-                errors.append({"index": result["index"], "file": result["relpath"], "reason": reason})
+    def _write_file(self, result: FileResult) -> None:
+        rel = output_relpath(result.relpath)
+        duration = result.input_wav.size / self.spec.sample_rate
+        files.write_wav(self.out / "input" / rel, result.input_wav, self.spec.sample_rate)
+        variants = {v.name: v for v in self.info.variants}
+        for out in result.variants:
+            variant = variants[out.variant]
+            if out.error is not None:
+                self._error(result, out.variant, out.error)
                 continue
-            write_wav_atomic(self.out / variant.name / rel, wav.numpy(), self.spec.sample_rate)
-            if out["bitstream"] is not None:
-                write_bytes_atomic((self.out / variant.name / rel).with_suffix(variant.codes_suffix), out["bitstream"])
-            values = M.compute_all(reference[None], wav[None], self.frontend, include_perceptual=self.perceptual)
-            rows.append(
+            files.write_wav(self.out / out.variant / rel, out.wav, self.spec.sample_rate)
+            if out.bitstream is not None:
+                files.write_bytes((self.out / out.variant / rel).with_suffix(variant.codes_suffix), out.bitstream)
+            values = dict(out.metrics)
+            if self.perceptual:
+                reference, estimate = torch.from_numpy(result.input_wav)[None], torch.from_numpy(out.wav)[None]
+                values["pesq_wb"] = float(M.pesq_wb(reference, estimate)[0])
+                values["stoi"] = float(M.stoi(reference, estimate)[0])
+            self.rows.append(
                 {
-                    "index": result["index"],
-                    "file": result["relpath"],
-                    "variant": variant.name,
+                    "index": result.index,
+                    "file": result.relpath,
+                    "variant": out.variant,
                     "duration_s": duration,
-                    "seconds": out["seconds"],
-                    **{k: float(v[0]) for k, v in values.items()},
-                    "latent_snr_db": out["latent_snr_db"],
+                    "seconds": out.seconds,
+                    **values,
+                    "latent_snr_db": out.latent_snr_db,
                     "bitrate_bps": variant.bitrate(self.info.variant_settings),
-                    "notes": "; ".join(out["notes"]),
+                    "notes": "; ".join(out.notes),
                 }
             )
-        return rows
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        # Every rank has finished writing its parts once all reach this barrier.
-        trainer.strategy.barrier("recon-predict-end")
+        # A collective: every rank reaches it once its last batch is written.
+        rows = [r for part in gather_to_all(self.rows) for r in part]
+        errors = [e for part in gather_to_all(self.errors) for e in part]
         if trainer.is_global_zero:
-            finalize(self.out, self.info)
+            finalize(self.out, self.info, rows, errors)
 
 
-def _read_parts(parts: Path, kind: str) -> list[dict]:
-    rows = []
-    for part in sorted(parts.glob(f"{kind}.rank*.jsonl")):
-        rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
-    return rows
-
-
+# ---------------------------------------------------------------------- results
 def bitrate_label(bps: float | None, is_reconstruction: bool = True) -> str:
     if not is_reconstruction:
         return "n/a (not a reconstruction)"
     if bps is None:
         return "n/a (not a bitstream)"
     return f"{bps / 1000:.1f} kbps" if bps >= 1000 else f"{bps:.1f} bps"
-
-
-def _write_csv_atomic(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
-    os.replace(tmp, path)
 
 
 def summarise(rows: list[dict], info: RunInfo) -> dict:
@@ -330,19 +489,15 @@ def summarise(rows: list[dict], info: RunInfo) -> dict:
     return {"variants": variants, "run": info.settings}
 
 
-def finalize(out: Path, info: RunInfo) -> dict:
-    """Merge the ranks' parts into metrics.csv, errors.csv and summary.json (global rank 0 only)."""
-    parts = out / ".parts"
-    rows = sorted(_read_parts(parts, "rows"), key=lambda r: (r["file"], [v.name for v in info.variants].index(r["variant"])))
-    errors = sorted(_read_parts(parts, "errors"), key=lambda r: r["file"])
-    _write_csv_atomic(out / "metrics.csv", ROW_COLUMNS, rows)
-    _write_csv_atomic(out / "errors.csv", ("file", "reason"), errors)
+def finalize(out: Path, info: RunInfo, rows: list[dict], errors: list[dict]) -> dict:
+    """Write metrics.csv, errors.csv and summary.json from every rank's rows (global rank 0 only)."""
+    order = [v.name for v in info.variants]
+    rows = sorted(rows, key=lambda r: (r["file"], order.index(r["variant"])))
+    errors = sorted(errors, key=lambda e: (e["file"], order.index(e["variant"]) if e["variant"] in order else -1))
+    files.write_csv(out / "metrics.csv", ROW_COLUMNS, rows)
+    files.write_csv(out / "errors.csv", ERROR_COLUMNS, errors)
     summary = summarise(rows, info)
     summary["errors"] = len(errors)
-    tmp = out / f".summary.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "summary.json")
-    for part in parts.glob("*.jsonl"):
-        part.unlink()
-    parts.rmdir()
+    files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    (out / RUN_MARKER).unlink(missing_ok=True)
     return summary

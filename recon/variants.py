@@ -25,6 +25,7 @@ from .audio import AudioSpec, MelFrontEnd
 from .backbone import FrozenAudioLDM2
 from .codebook import VectorQuantizer
 from .metrics import LATENT_VECTORS_PER_SECOND
+from .precision import fp32_island
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ class VariantInput:
     mean: Tensor  # [B, 8, T/4, F/4] posterior mean (unscaled)
     std: Tensor  # posterior std
     keys: list[str]  # one stable key per segment ("file#segment"): seeds are per segment, not per batch
+
+    def select(self, rows: list[int]) -> "VariantInput":
+        """The same input restricted to some segments (a retry of part of a batch)."""
+        index = torch.tensor(rows, device=self.wav.device)
+        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        return VariantInput(pick(self.wav), pick(self.logmel), pick(self.mean), pick(self.std), [self.keys[r] for r in rows])
 
 
 @dataclass
@@ -157,9 +164,11 @@ def highpass_zero_phase(wav: Tensor, cutoff_hz: float, sample_rate: int) -> Tens
     """First-order RC high-pass run forward and backward (zero phase)."""
     rc = 1.0 / (2 * math.pi * cutoff_hz)
     alpha = rc / (rc + 1.0 / sample_rate)
-    b = torch.tensor([alpha, -alpha], dtype=wav.dtype, device=wav.device)
-    a = torch.tensor([1.0, -alpha], dtype=wav.dtype, device=wav.device)
-    return AF.filtfilt(wav, a, b, clamp=False)
+    # torchaudio's lfilter has no half-precision kernels on CPU or CUDA: always float32.
+    with fp32_island(wav.device):
+        b = torch.tensor([alpha, -alpha], dtype=torch.float32, device=wav.device)
+        a = torch.tensor([1.0, -alpha], dtype=torch.float32, device=wav.device)
+        return AF.filtfilt(wav.float(), a, b, clamp=False)
 
 
 def decode_and_vocode(models: Models, z: Tensor, num_samples: int) -> Tensor:
@@ -258,8 +267,13 @@ def vocoder_only(x: VariantInput, models: Models, settings: VariantSettings) -> 
 def griffinlim(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
     """Explicit baseline (never a fallback): exp(log-mel) -> linear magnitude by the mel basis'
     pseudo-inverse (power 1: the mel is a magnitude mel) -> Griffin-Lim, fixed seed."""
-    spec: AudioSpec = models.frontend.spec
-    basis = models.frontend.mel_basis.to(x.logmel.device, torch.float32)
+    with fp32_island(x.logmel.device):  # torchaudio's griffinlim refuses half precision
+        return Reconstruction(peak_guard(_griffinlim(x, models.frontend, settings)))
+
+
+def _griffinlim(x: VariantInput, frontend: MelFrontEnd, settings: VariantSettings) -> Tensor:
+    spec: AudioSpec = frontend.spec
+    basis = frontend.mel_basis.to(x.logmel.device, torch.float32)
     magnitude = torch.linalg.pinv(basis) @ x.logmel.float().squeeze(1).exp().transpose(1, 2)
     magnitude = magnitude.clamp_min(0)
     # The front-end drops the STFT's last frame; repeat one so istft spans the full length.
@@ -274,15 +288,24 @@ def griffinlim(x: VariantInput, models: Models, settings: VariantSettings) -> Re
                 segment, window, spec.n_fft, spec.hop_length, spec.win_length, power=1.0,
                 n_iter=settings.griffinlim_iters, momentum=0.99, length=x.wav.shape[-1], rand_init=True,
             ))
-    return Reconstruction(peak_guard(torch.stack(outputs).float()))
+    return torch.stack(outputs).float()
 
 
 # ---------------------------------------------------------------------- codebook variants
+# Registry entries are module-level functions, never lambdas: ddp_spawn pickles the variants.
+def codebook_bitrate_bps(settings: VariantSettings) -> float:
+    return settings.codebook_bits * LATENT_VECTORS_PER_SECOND
+
+
+def ddcm_bitrate_bps(settings: VariantSettings) -> float:
+    return settings.ddcm_bitrate_bps
+
+
 @register(
     "codebook_hard",
     "nearest trained code per latent vector -> decode -> vocoder",
     requires=("codebook",),
-    bitrate_bps=lambda settings: settings.codebook_bits * LATENT_VECTORS_PER_SECOND,
+    bitrate_bps=codebook_bitrate_bps,
 )
 def codebook_hard(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
     """"DDCM Final" as a codec: mode -> nearest code of the trained 1024x8 codebook -> decode.
@@ -298,10 +321,12 @@ def codebook_soft(x: VariantInput, models: Models, settings: VariantSettings) ->
     weighted mix of codes, not an index: there is no bitrate."""
     quantizer = models.require_quantizer("codebook_soft")
     temperature = settings.soft_temperature or quantizer.temperature_at(int(quantizer.step))
-    codes = quantizer.codebook.float()
-    flat = x.mean.float().permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
-    distances = torch.cdist(flat, codes).pow(2)
-    z_q = (-distances / temperature).softmax(-1) @ codes
+    # Quantizer math is float32 under any precision (autocast would run cdist and the mix in half).
+    with fp32_island(x.mean.device):
+        codes = quantizer.codebook.float()
+        flat = x.mean.float().permute(0, 2, 3, 1).reshape(-1, codes.shape[1])
+        distances = torch.cdist(flat, codes).pow(2)
+        z_q = (-distances / temperature).softmax(-1) @ codes
     z_q = z_q.reshape(x.mean.shape[0], *x.mean.shape[2:], -1).permute(0, 3, 1, 2).to(x.mean.dtype)
     return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q)
 
@@ -345,7 +370,7 @@ def pack_ddcm(codes: Tensor, settings: VariantSettings, models: Models) -> bytes
     "ddcm_noise",
     "true DDCM: reverse diffusion whose noise is chosen from seeded per-step codebooks toward the input",
     requires=("diffusion",),
-    bitrate_bps=lambda settings: settings.ddcm_bitrate_bps,
+    bitrate_bps=ddcm_bitrate_bps,
     pack_codes=pack_ddcm,
     codes_suffix=".ddcm",
 )
@@ -362,7 +387,7 @@ def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     codes, outputs = [], []
     for z in x.mean:
         # fp32 whatever the run's precision: the bitstream header promises a float32 decoder.
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with fp32_island(z.device):
             indices, reconstruction = compress(denoiser, z[None].float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
         codes.append(indices)
         outputs.append(reconstruction)

@@ -99,24 +99,52 @@ def test_training_from_cache_matches_training_from_audio(tmp_path, audio_dir):
     torch.testing.assert_close(run(None), run(str(tmp_path / "cache")), atol=1e-5, rtol=1e-5)
 
 
-def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, audio_dir):
-    cfg = codebook_config(update="grad", kmeans_init=True, dead_code_threshold=3)
+class StepRecorder(L.Callback):
+    """Which segments each training step saw, and how many dead codes it restarted."""
 
-    def fit(max_steps, ckpt_path=None, checkpoint_every=None):
+    def __init__(self):
+        self.batches: list[list[int]] = []
+        self.restarts: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches.append(batch["index"].tolist())
+        self.restarts.append(int(pl_module.quantizer.num_restarted))
+
+
+def test_resume_is_exact_from_every_kind_of_stop(tmp_path, audio_dir):
+    """Stopping at step k and resuming to N gives the state of N uninterrupted steps, by running only
+    steps k+1..N on the batches the uninterrupted run saw there (a resume that ignored the checkpoint
+    would run N steps; one that lost the data position would see other batches)."""
+    # 512 codes for tones: some go unused, so restarts fire early in the run.
+    cfg = codebook_config(num_codes=512, update="ema", kmeans_init=True, dead_code_threshold=2)
+    total = 9  # 6 files / batch 2 = 3 batches per epoch
+
+    def fit(max_steps, root, ckpt_path=None):
         L.seed_everything(0)
-        model = CodebookTrainer(backbone="random:tiny", codebook=cfg, lr=0.01, latent="sample")
-        dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0, seed=0)
-        callbacks = []
-        if checkpoint_every:
-            callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=checkpoint_every, save_top_k=-1, filename="{step}"))
-        make_trainer(tmp_path, max_steps=max_steps, callbacks=callbacks).fit(model, datamodule=dm, ckpt_path=ckpt_path)
-        return model.quantizer.codebook.detach().clone()
+        model = CodebookTrainer(backbone="random:tiny", codebook=cfg, latent="sample", seed=5)
+        dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0, seed=3)
+        recorder = StepRecorder()
+        # save_last: the checkpoint `max_steps` leaves behind, written after Lightning closed the epoch.
+        checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)
+        make_trainer(root, max_steps=max_steps, callbacks=[recorder, checkpoint]).fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        state = {k: v.clone() for k, v in model.quantizer.state_dict().items()}
+        return state, recorder, torch.load(root / "last.ckpt", weights_only=False)
 
-    # 6 files / batch 2 = 3 batches per epoch: step 4 is in the middle of the second epoch.
-    straight = fit(8)
-    fit(4, checkpoint_every=4)
-    resumed = fit(8, ckpt_path=str(tmp_path / "ckpt" / "step=4.ckpt"))
-    torch.testing.assert_close(resumed, straight, atol=1e-6, rtol=1e-6)
+    straight, seen, final = fit(total, tmp_path / "straight")
+    restart_steps = [step for step, n in enumerate(seen.restarts, start=1) if n > 0 and 1 < step < total]
+    assert restart_steps, "the configuration must restart dead codes within the run"
+    # Stopping right before a restart: the resumed run's first step must fire it from restored counters.
+    stops = {"mid-epoch": 4, "epoch end": 6, "just before a dead-code restart": restart_steps[0] - 1}
+    for label, k in stops.items():
+        fit(k, tmp_path / f"stop{k}")
+        resumed, resumed_seen, resumed_final = fit(total, tmp_path / f"resume{k}", ckpt_path=str(tmp_path / f"stop{k}" / "last.ckpt"))
+        assert resumed_seen.batches == seen.batches[k:], label
+        assert resumed_seen.restarts == seen.restarts[k:], label
+        for name, value in straight.items():
+            torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=f"{label}: {name}")
+        assert (resumed_final["epoch"], resumed_final["global_step"]) == (final["epoch"], final["global_step"]), label
+        fresh, _, _ = fit(total - k, tmp_path / f"fresh{k}")
+        assert not torch.equal(fresh["codebook"], resumed["codebook"]), f"{label}: the resumed state must come from the checkpoint"
 
 
 def test_checkpoint_holds_codebook_not_backbone_and_refuses_other_shapes(tmp_path, audio_dir):

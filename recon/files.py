@@ -1,0 +1,63 @@
+"""Every file recon writes goes through here, atomically: a reader sees the old file or the new one.
+
+Each writer fills a temporary file in the target's folder and renames it over the target
+(``os.replace`` is atomic within one file system); an interrupted write leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import soundfile as sf
+
+
+def _write_atomic(path: Path, mode: str, fill: Callable[[IO], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as f:
+            fill(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _write_atomic(path, "wb", lambda f: f.write(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    _write_atomic(path, "w", lambda f: f.write(text))
+
+
+def write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> None:
+    """A mono float32 WAV; ``wav`` is a host array (the writer never touches a device)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(wav, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
+    write_bytes(path, buffer.getvalue())
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    _write_atomic(path, "wb", lambda f: np.save(f, array))
+
+
+def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict]) -> None:
+    """A CSV with a header; a missing or None value is an empty cell."""
+    columns = tuple(columns)
+
+    def fill(f: IO) -> None:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+
+    _write_atomic(path, "w", fill)
