@@ -40,7 +40,8 @@ from recon.audio import MelFrontEnd, load_audio, normalise, split_segments  # no
 from recon.backbone import FrozenAudioLDM2, make_backbone_folder  # noqa: E402
 from recon.codebook import CodebookConfig, VectorQuantizer  # noqa: E402
 from recon.metrics import log_mel_distance_db  # noqa: E402
-from recon.runner import InferenceFiles, VariantRunner, collate_files, output_relpath, write_wav_atomic  # noqa: E402
+from recon.files import write_wav  # noqa: E402
+from recon.runner import InferenceFiles, VariantRunner, collate_files, output_relpath  # noqa: E402
 from recon.variants import VARIANTS, Models, VariantInput, VariantSettings  # noqa: E402
 
 CLIPS = sorted((ROOT / "examples" / "audio").rglob("*.flac"))
@@ -53,8 +54,8 @@ class WavOnlyWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         for result in prediction:
-            for name, out in result["variants"].items():
-                write_wav_atomic(self.out / name / output_relpath(result["relpath"]), out["wav"].numpy(), 16000)
+            for out in result.variants:
+                write_wav(self.out / out.variant / output_relpath(result.relpath), out.wav, 16000)
 
 
 def make_models(source: str) -> Models:
@@ -103,7 +104,7 @@ def run_naive(folder: str, variants, files: list[Path], out: Path) -> float:
                 posterior = models.backbone.encode(logmel)
                 x = VariantInput(wav, logmel, posterior.mean, posterior.std, [f"{path.name}#{i}" for i in range(len(wav))])
                 rec = variant.fn(x, models, VariantSettings())
-            write_wav_atomic(out / variant.name / f"{path.stem}.wav", rec.wav.reshape(-1).numpy(), 16000)
+            write_wav(out / variant.name / f"{path.stem}.wav", rec.wav.reshape(-1).numpy(), 16000)
     return time.perf_counter() - start
 
 

@@ -132,6 +132,21 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("num_restarted", torch.tensor(0))  # in the latest training forward
         self.register_buffer("total_restarted", torch.tensor(0))
 
+    def __getstate__(self) -> dict:
+        # A torch.Generator does not survive torch.multiprocessing's pickler (ddp_spawn sends the
+        # model to every process; its state tensor fails to be shared): send the state as bytes.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_gen"] = self._gen.get_state().numpy().tobytes()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        generator_state = state.pop("_gen")
+        super().__setstate__(state)
+        self._gen = torch.Generator()
+        self._gen.set_state(torch.frombuffer(bytearray(generator_state), dtype=torch.uint8))
+
     @property
     def bits_per_index(self) -> float:
         return math.log2(self.cfg.num_codes)

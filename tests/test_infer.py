@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import infer
 from recon.variants import VARIANTS
 from tests.conftest import write_tone
 
@@ -24,6 +25,13 @@ def run_infer(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_DIR=str(cwd), WANDB_DATA_DIR=str(cwd / "wandb-data"), PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, str(ROOT / "infer.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def main(args: list[str], capsys) -> tuple[int, str]:
+    """infer.py in this process (a subprocess pays ~10 s of imports); returns (exit status, stderr)."""
+    capsys.readouterr()
+    code = infer.main(args)
+    return code, capsys.readouterr().err
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -52,15 +60,19 @@ def make_inputs(root: Path) -> tuple[set[str], set[str]]:
 
 
 @pytest.mark.parametrize("devices", [1, 2])
-def test_every_input_and_variant_written_exactly_once(tmp_path, devices):
+def test_every_input_and_variant_written_exactly_once(tmp_path, devices, capsys, caplog):
     good, bad = make_inputs(tmp_path / "in")  # 10 inputs: ranks get 5 and 5 files, but 2 and 3 good ones
     out = tmp_path / "out"
     args = ["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path / "in"), "--output", str(out), "--wandb", "off",
             "--no-perceptual", "--batch-size", "2", "--griffinlim-iters", "4", "--accelerator", "cpu", "--devices", str(devices)]
     if devices > 1:
-        args += ["--strategy", "ddp"]
-    result = run_infer(args, cwd=tmp_path)
-    assert result.returncode == 1, result.stderr[-3000:]  # some inputs failed
+        # The subprocess launcher re-runs infer.py per rank: the way ddp runs from a command line.
+        result = run_infer([*args, "--strategy", "ddp"], cwd=tmp_path)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code, stderr = main(args, capsys)
+        stderr += caplog.text  # in this process, pytest's handler takes the log records
+    assert code == 1, stderr[-3000:]  # some inputs failed
     rows = read_csv(out / "metrics.csv")
     counts = Counter((r["file"], r["variant"]) for r in rows)
     assert set(counts) == {(f, v) for f in good for v in VARIANTS if v in {"vae_mode", "vae_sample", "vae_clamped", "vae_highfreq", "vae_mixed", "vocoder_only", "griffinlim", "codebook_hard", "codebook_soft"}}
@@ -69,38 +81,39 @@ def test_every_input_and_variant_written_exactly_once(tmp_path, devices):
     assert set(errors) == bad
     assert "too short" in errors["too_short.wav"] and "NaN" in errors["nan.wav"] and "empty" in errors["empty.wav"]
     for name in bad:
-        assert name in result.stderr
+        assert name in stderr
     for variant in {r["variant"] for r in rows} | {"input"}:
         written = {p.relative_to(out / variant).as_posix() for p in (out / variant).rglob("*.wav")}
         assert written == {str(Path(f).with_suffix(".wav")) for f in good}
     long_info = sf.info(str(out / "codebook_hard" / "long.wav"))
     assert long_info.frames == 23 * 16000 and long_info.samplerate == 16000
     assert (out / "report.html").is_file() and (out / "summary.json").is_file()
-    assert not (out / ".parts").exists()
+    assert not (out / ".recon-run").exists()
 
 
-def test_existing_results_are_not_overwritten(tmp_path):
+def test_existing_results_are_not_overwritten(tmp_path, capsys):
     write_tone(tmp_path / "in" / "a.wav", 1.0)
     out = tmp_path / "out"
     args = ["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path / "in"), "--output", str(out), "--wandb", "off",
             "--no-perceptual", "--variants", "vae_mode,codebook_hard", "--accelerator", "cpu"]
-    assert run_infer(args, cwd=tmp_path).returncode == 0
+    assert main(args, capsys)[0] == 0
     before = (out / "vae_mode" / "a.wav").stat().st_mtime_ns
-    second = run_infer(args, cwd=tmp_path)
-    assert second.returncode != 0 and "--overwrite" in second.stderr
+    code, stderr = main(args, capsys)
+    assert code == 2 and "--overwrite" in stderr
     assert (out / "vae_mode" / "a.wav").stat().st_mtime_ns == before
-    assert run_infer([*args, "--overwrite"], cwd=tmp_path).returncode == 0
+    assert main([*args, "--overwrite"], capsys)[0] == 0
 
 
-def test_usage_errors_are_one_line(tmp_path):
-    result = run_infer(["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path), "--variants", "vae_mode,bogus", "--wandb", "off"], cwd=tmp_path)
-    assert result.returncode == 2 and "error: unknown variants ['bogus']" in result.stderr
+def test_usage_errors_are_one_line(tmp_path, capsys):
+    code, stderr = main(["--ckpt", str(DEMO_CKPT), "--input", str(tmp_path), "--variants", "vae_mode,bogus", "--wandb", "off"], capsys)
+    assert code == 2 and "error: unknown variants ['bogus']" in stderr
     write_tone(tmp_path / "a.wav", 1.0)
-    result = run_infer(["--input", str(tmp_path / "a.wav"), "--backbone", "random:tiny", "--variants", "codebook_hard", "--wandb", "off"], cwd=tmp_path)
-    assert result.returncode == 2 and "needs codebook" in result.stderr
-    result = run_infer(["--input", str(tmp_path / "a.wav"), "--backbone", "random:tiny", "--variants", "vae_mode", "--wandb", "off",
-                        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"], cwd=tmp_path)
-    assert result.returncode == 2 and "1 input file(s) for 2 processes" in result.stderr
+    code, stderr = main(["--input", str(tmp_path / "a.wav"), "--backbone", "random:tiny", "--variants", "codebook_hard", "--wandb", "off"], capsys)
+    assert code == 2 and "needs codebook" in stderr
+    code, stderr = main(["--input", str(tmp_path / "a.wav"), "--backbone", "random:tiny", "--variants", "vae_mode", "--wandb", "off",
+                         "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"], capsys)
+    assert code == 2 and "1 input file(s) for 2 processes" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_diffusion_variants_on_two_devices(tmp_path):

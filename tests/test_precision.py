@@ -120,3 +120,17 @@ def test_infer_runs_every_variant_under_mixed_precision_on_cpu(tmp_path, precisi
         rows = list(csv.DictReader(f))
     assert Counter((r["file"], r["variant"]) for r in rows) == Counter({("a.wav", v): 1 for v in VARIANTS})
     assert all(math.isfinite(float(r["log_mel_db"])) for r in rows)
+
+
+def test_training_refuses_true_precisions_before_any_step(tmp_path):
+    import lightning as L
+
+    from recon.lit import CodebookTrainer
+
+    model = CodebookTrainer(backbone="random:tiny", codebook=CodebookConfig(num_codes=16, kmeans_init=False))
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-true", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    loader = torch.utils.data.DataLoader([{"wav": torch.zeros(163840), "index": 0}], batch_size=1)
+    with pytest.raises(UnsupportedPrecision, match="precision 'bf16-true' is not supported"):
+        trainer.fit(model, train_dataloaders=loader)
+    assert model.quantizer.codebook.dtype == torch.float32 and int(model.quantizer.step) == 0

@@ -1,0 +1,157 @@
+"""What only a GPU shows: infer.py with every variant and precision on CUDA, codebook_ddp training, the
+latent cache and a DDCM round trip on the device. Skipped without CUDA; run with
+
+    python -m pytest -m gpu
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import infer
+from recon.audio import MelFrontEnd
+from recon.variants import VARIANTS
+from tests.conftest import write_tone
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CKPT = ROOT / "checkpoints" / "demo" / "codebook-tiny.ckpt"
+NON_DIFFUSION = [name for name, v in VARIANTS.items() if "diffusion" not in v.requires]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    from recon.diffusion import make_tiny_pipeline_folder
+
+    return make_tiny_pipeline_folder(tmp_path_factory.mktemp("pipeline") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("in")
+    write_tone(root / "short.wav", 1.5, freq=330)
+    write_tone(root / "long.wav", 23.0, freq=660)  # three segments, split across batches
+    write_tone(root / "stereo_44k.wav", 3.0, sr=44100, channels=2)
+    return root
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def run_infer(args: list[str]) -> int:
+    return infer.main([*args, "--accelerator", "gpu", "--devices", "1", "--wandb", "off", "--no-perceptual"])
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+def test_infer_runs_every_variant_on_cuda(tmp_path, inputs, tiny_pipeline, precision):
+    out = tmp_path / "out"
+    code = run_infer(["--ckpt", str(DEMO_CKPT), "--diffusion", str(tiny_pipeline), "--input", str(inputs), "--output", str(out),
+                      "--precision", precision, "--batch-size", "2", "--ddcm-steps", "5", "--ddcm-k", "64", "--diffusion-steps", "3"])
+    assert read_csv(out / "errors.csv") == [] and code == 0
+    rows = read_csv(out / "metrics.csv")
+    files = {"short.wav", "long.wav", "stereo_44k.wav"}
+    assert Counter((r["file"], r["variant"]) for r in rows) == Counter({(f, v): 1 for f in files for v in VARIANTS})
+    assert all(math.isfinite(float(r["log_mel_db"])) for r in rows)
+    assert sf.info(str(out / "vae_mode" / "long.wav")).frames == 23 * 16000
+
+
+def test_infer_full_size_backbone_bf16_matches_fp32(tmp_path, inputs):
+    """The full-size (random-weight) backbone on the GPU: bf16-mixed stays close to fp32 in log-mel terms."""
+    results = {}
+    for precision in ("32-true", "bf16-mixed"):
+        out = tmp_path / precision
+        assert run_infer(["--backbone", "random:full", "--input", str(inputs), "--output", str(out), "--precision", precision,
+                          "--batch-size", "8", "--variants", ",".join(n for n in NON_DIFFUSION if not n.startswith("codebook"))]) == 0
+        results[precision] = {(r["file"], r["variant"]): float(r["log_mel_db"]) for r in read_csv(out / "metrics.csv")}
+    assert results["32-true"].keys() == results["bf16-mixed"].keys()
+    # The fp32 islands (griffinlim) do not move at all; the networks move a little.
+    for key, value in results["32-true"].items():
+        tolerance = 1e-3 if key[1] == "griffinlim" else 3.0
+        assert abs(results["bf16-mixed"][key] - value) <= tolerance, key
+
+
+def run_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK")}
+    env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("adapters", [False, True], ids=["ema-no-parameters", "adapters-trainable"])
+def test_codebook_ddp_trains_on_cuda(tmp_path, inputs, adapters):
+    """codebook_ddp with one device goes through Lightning's DDP path (process group, hooks) on CUDA,
+    with a model that has nothing to train (bare module) and one that has (DDP wrapper); the latent
+    cache is built on the device."""
+    result = run_train(
+        ["fit", "--config", str(ROOT / "configs/tiny.yaml"), "--data.root", str(inputs), "--trainer.accelerator", "gpu",
+         "--trainer.devices", "1", "--trainer.strategy", "codebook_ddp", "--trainer.max_steps", "4", "--trainer.logger", "false",
+         "--model.adapters", str(adapters).lower(), "--model.kmeans_init_batches", "1", "--data.cache_dir", str(tmp_path / "cache")],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "tiny" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4 and bool(ckpt["state_dict"]["quantizer.initialized"])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_codebook_ddp_trains_on_two_gpus(tmp_path, inputs):
+    result = run_train(
+        ["fit", "--config", str(ROOT / "configs/tiny.yaml"), "--data.root", str(inputs), "--trainer.accelerator", "gpu",
+         "--trainer.devices", "2", "--trainer.strategy", "codebook_ddp", "--trainer.max_steps", "4", "--trainer.logger", "false",
+         "--model.kmeans_init_batches", "1", "--data.cache_dir", str(tmp_path / "cache")],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_latent_cache_on_cuda_matches_the_cpu_encoder(tmp_path, inputs, tiny_backbone):
+    from recon.cache import LatentCache, LatentDataset, backbone_fingerprint
+    from recon.data import AudioFolder
+
+    dataset = AudioFolder(inputs)
+    cpu_fingerprint = backbone_fingerprint(tiny_backbone)
+    backbone = tiny_backbone.to("cuda")
+    try:
+        assert backbone_fingerprint(backbone) == cpu_fingerprint
+        cache = LatentCache(tmp_path / "cache", cpu_fingerprint)
+        assert cache.build(dataset, backbone, progress=False) == len(dataset)
+    finally:
+        tiny_backbone.to("cpu")
+    cached = LatentDataset(dataset, cache)
+    for i in range(len(dataset)):
+        with torch.no_grad():
+            posterior = tiny_backbone.encode(MelFrontEnd()(dataset[i]["wav"][None]))
+        torch.testing.assert_close(cached[i]["mean"], posterior.mean[0], atol=1e-4, rtol=1e-4)
+
+
+def test_ddcm_bitstream_written_on_cuda_decodes_on_cuda(tmp_path, inputs, tiny_pipeline):
+    from recon.backbone import FrozenAudioLDM2
+    from recon.ddcm import decompress, unpack
+    from recon.diffusion import load_diffusion_components
+
+    out = tmp_path / "out"
+    assert run_infer(["--ckpt", str(DEMO_CKPT), "--diffusion", str(tiny_pipeline), "--input", str(inputs / "short.wav"),
+                      "--output", str(out), "--variants", "ddcm_noise", "--ddcm-steps", "6", "--ddcm-k", "64"]) == 0
+    indices, header = unpack((out / "ddcm_noise" / "short.ddcm").read_bytes())
+    assert header.device == "cuda"
+    components = load_diffusion_components(str(tiny_pipeline), local_files_only=True)
+    components.pipe.to("cuda")
+    latent = decompress(components.denoiser("", 7.5), indices, header.steps, header.K, header.seed, (1, *header.shape), device="cuda")
+    backbone = FrozenAudioLDM2.from_source("random:tiny").to("cuda")
+    with torch.no_grad():
+        wav = backbone.vocode(backbone.decode(latent / components.scaling_factor), int(1.5 * 16000))[0].cpu()
+    written, _ = sf.read(str(out / "ddcm_noise" / "short.wav"), dtype="float32")
+    np.testing.assert_allclose(written, wav.numpy(), atol=1e-4)

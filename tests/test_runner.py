@@ -1,0 +1,136 @@
+"""The variant runner in-process: host-only records for the writer, and failures pinned on one file and
+one variant while the rest goes on."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from recon.audio import MelFrontEnd
+from recon.codebook import CodebookConfig, VectorQuantizer
+from recon.runner import FileResult, InferenceFiles, ResultWriter, RunInfo, VariantResult, VariantRunner, collate_files
+from recon.variants import VARIANTS, Models, Reconstruction, Variant, VariantInput, VariantSettings, vae_mode
+from tests.conftest import write_tone
+
+SETTINGS = VariantSettings(griffinlim_iters=2)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_backbone):
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(CodebookConfig(num_codes=64, kmeans_init=False)).eval()
+    return Models(tiny_backbone, MelFrontEnd(tiny_backbone.spec), quantizer)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("in")
+    write_tone(root / "a.wav", 1.0, freq=220)
+    write_tone(root / "b.wav", 12.0, freq=440)  # two segments: the second shares a batch with c
+    write_tone(root / "c.wav", 1.0, freq=880)
+    (root / "d.wav").write_bytes(b"")
+    return root
+
+
+def host_leaves(obj, path="result"):
+    """(path, value) of every leaf of a prediction record."""
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from host_leaves(getattr(obj, f.name), f"{path}.{f.name}")
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            yield from host_leaves(item, f"{path}[{i}]")
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from host_leaves(item, f"{path}[{key!r}]")
+    else:
+        yield path, obj
+
+
+def test_predict_step_hands_the_writer_host_data_only(models, inputs, single_thread):
+    """Lightning moves the whole batch to the accelerator: anything passed through unconverted would be
+    a device tensor. The records carry numpy arrays, bytes and numbers only, never a tensor."""
+    variants = [VARIANTS[n] for n in ("vae_mode", "griffinlim", "codebook_hard")]
+    runner = VariantRunner(models, variants, SETTINGS, segment_batch=2)
+    batch = collate_files([InferenceFiles([inputs])[i] for i in range(4)])
+    results = runner.predict_step(batch, 0)
+    assert [r.relpath for r in results] == ["a.wav", "b.wav", "c.wav", "d.wav"]
+    tensors = [path for path, value in host_leaves(results) if isinstance(value, torch.Tensor)]
+    assert tensors == []
+    assert results[3].error == "empty file" and results[3].variants == []
+    for result in results[:3]:
+        assert result.input_wav.dtype == np.float32
+        for entry in result.variants:
+            assert entry.error is None and entry.wav.shape == result.input_wav.shape
+            assert set(entry.metrics) == {"log_mel_db", "mel_multiscale", "mr_stft", "lsd_db", "si_sdr_db", "snr_db", "hf_retention"}
+
+
+def test_writer_refuses_device_tensors(tmp_path):
+    writer = ResultWriter(tmp_path, RunInfo([VARIANTS["vae_mode"]], {}), perceptual=False)
+    assert not any(isinstance(v, (torch.nn.Module, torch.Tensor)) for v in vars(writer).values())
+    wav = torch.zeros(16000)
+    bad = [
+        FileResult(0, "a.wav", input_wav=wav),
+        FileResult(0, "a.wav", input_wav=wav.numpy(), variants=[VariantResult("vae_mode", wav=wav)]),
+    ]
+    for result in bad:
+        with pytest.raises(TypeError, match="must be a numpy array on the host"):
+            writer.write_on_batch_end(None, None, [result], [0], None, 0)
+
+
+def fails_for_b(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    if any(key.startswith("b.wav#") for key in x.keys):
+        raise RuntimeError("cannot handle b")
+    return vae_mode(x, models, settings)
+
+
+def oom_on_batches(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    if len({key.split("#")[0] for key in x.keys}) > 1:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return vae_mode(x, models, settings)
+
+
+def nan_for_c(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    rec = vae_mode(x, models, settings)
+    for i, key in enumerate(x.keys):
+        if key.startswith("c.wav#"):
+            rec.wav[i, 100] = float("nan")
+    return rec
+
+
+def test_a_failing_variant_costs_one_row_and_an_oom_batch_is_retried_per_file(tmp_path, models, inputs, single_thread):
+    variants = [
+        VARIANTS["vae_mode"],
+        Variant("fails_for_b", fails_for_b, "raises on b.wav"),
+        Variant("oom_on_batches", oom_on_batches, "out of memory on any batch of several files"),
+        Variant("nan_for_c", nan_for_c, "non-finite audio on c.wav"),
+    ]
+    out = tmp_path / "out"
+    writer = ResultWriter(out, RunInfo(variants, {}, SETTINGS), perceptual=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[writer], enable_progress_bar=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(InferenceFiles([inputs]), batch_size=4, collate_fn=collate_files)
+    trainer.predict(VariantRunner(models, variants, SETTINGS, segment_batch=2), loader, return_predictions=False)
+    with open(out / "errors.csv") as f:
+        errors = {(e["file"], e["variant"]): e["reason"] for e in csv.DictReader(f)}
+    assert errors == {
+        ("b.wav", "fails_for_b"): "RuntimeError: cannot handle b",
+        ("c.wav", "nan_for_c"): "produced non-finite audio (NaN or inf); nothing written",
+        ("d.wav", ""): "empty file",
+    }
+    with open(out / "metrics.csv") as f:
+        written = {(r["file"], r["variant"]) for r in csv.DictReader(f)}
+    expected = {(f, v.name) for f in ("a.wav", "b.wav", "c.wav") for v in variants} - set(errors)
+    assert written == expected
+    assert {p.name for p in (out / "fails_for_b").iterdir()} == {"a.wav", "c.wav"}
+    # The out-of-memory batches passed file by file, equal to vae_mode up to batch-size rounding.
+    for name in ("a.wav", "b.wav", "c.wav"):
+        expected, _ = sf.read(out / "vae_mode" / name, dtype="float32")
+        retried, _ = sf.read(out / "oom_on_batches" / name, dtype="float32")
+        np.testing.assert_allclose(retried, expected, atol=1e-5, rtol=0)
