@@ -317,6 +317,8 @@ class VariantRunner(L.LightningModule):
         """The torch metrics of every variant of one file, batched over the variants, on the device."""
         by_name = {entry.variant: entry for entry in result.variants}
         names = list(stitched)
+        if not names:
+            return
 
         def compute(sel: list[int]) -> dict[str, Tensor]:
             with fp32_island(reference.device):

@@ -232,7 +232,7 @@ def vae_highfreq(x: VariantInput, models: Models, settings: VariantSettings) -> 
     mel = mel + boost * band
     wav = rms_gain(x.wav, models.backbone.vocode(mel, x.wav.shape[-1]).float(), 0.3, 3.0)
     notes = [
-        ([f"latent std > 5.0: rescaled to 4.5"] if f else []) + ([f"high band boosted by {g:.2f}x"] if s else [])
+        (["latent std > 5.0: rescaled to 4.5"] if f else []) + ([f"high band boosted by {g:.2f}x"] if s else [])
         for f, s, g in zip(fired.tolist(), shelf.tolist(), gain.tolist())
     ]
     return Reconstruction(peak_guard(wav), latent=z, notes=notes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -41,6 +42,30 @@ def tiny_backbone(tiny_backbone_dir):
     from recon.backbone import FrozenAudioLDM2
 
     return FrozenAudioLDM2.from_source(str(tiny_backbone_dir))
+
+
+@pytest.fixture(scope="module")
+def models(tiny_backbone):
+    """The tiny backbone, its front-end and a random 64-code quantizer, as the variants take them."""
+    from recon.audio import MelFrontEnd
+    from recon.codebook import CodebookConfig, VectorQuantizer
+    from recon.variants import Models
+
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(CodebookConfig(num_codes=64, kmeans_init=False)).eval()
+    return Models(tiny_backbone, MelFrontEnd(tiny_backbone.spec), quantizer)
+
+
+@pytest.fixture(scope="module")
+def batch(models):
+    """Two 10.24 s segments (a 440 Hz tone, noise), encoded once: a VariantInput."""
+    from recon.variants import VariantInput
+
+    t = torch.arange(163840) / 16000
+    wav = torch.stack([0.4 * torch.sin(2 * math.pi * 440 * t), 0.1 * torch.randn(163840, generator=torch.Generator().manual_seed(0))])
+    logmel = models.frontend(wav)
+    posterior = models.backbone.encode(logmel)
+    return VariantInput(wav, logmel, posterior.mean, posterior.std, ["a.wav#0", "b.wav#0"])
 
 
 def write_tone(path: Path, seconds: float, sr: int = 16000, freq: float = 440.0, channels: int = 1, seed: int = 0) -> Path:

@@ -13,31 +13,15 @@ import torch
 
 import infer
 from recon.audio import MelFrontEnd
-from recon.codebook import CodebookConfig, VectorQuantizer
+from recon.codebook import CodebookConfig
 from recon.precision import UnsupportedPrecision, check_precision
-from recon.variants import VARIANTS, Models, VariantInput, VariantSettings, highpass_zero_phase
+from recon.variants import VARIANTS, VariantSettings, highpass_zero_phase
 from tests.conftest import write_tone
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CKPT = ROOT / "checkpoints" / "demo" / "codebook-tiny.ckpt"
 HALF = [torch.bfloat16, torch.float16]
 NON_DIFFUSION = sorted(name for name, v in VARIANTS.items() if "diffusion" not in v.requires)
-
-
-@pytest.fixture(scope="module")
-def models(tiny_backbone):
-    torch.manual_seed(0)
-    quantizer = VectorQuantizer(CodebookConfig(num_codes=64, kmeans_init=False)).eval()
-    return Models(tiny_backbone, MelFrontEnd(tiny_backbone.spec), quantizer)
-
-
-@pytest.fixture(scope="module")
-def batch(models):
-    t = torch.arange(163840) / 16000
-    wav = torch.stack([0.4 * torch.sin(2 * math.pi * 440 * t), 0.1 * torch.randn(163840, generator=torch.Generator().manual_seed(0))])
-    logmel = models.frontend(wav)
-    posterior = models.backbone.encode(logmel)
-    return VariantInput(wav, logmel, posterior.mean, posterior.std, ["a.wav#0", "b.wav#0"])
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)

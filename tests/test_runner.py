@@ -13,20 +13,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from recon.audio import MelFrontEnd
-from recon.codebook import CodebookConfig, VectorQuantizer
 from recon.runner import FileResult, InferenceFiles, ResultWriter, RunInfo, VariantResult, VariantRunner, collate_files
 from recon.variants import VARIANTS, Models, Reconstruction, Variant, VariantInput, VariantSettings, vae_mode
 from tests.conftest import write_tone
 
 SETTINGS = VariantSettings(griffinlim_iters=2)
-
-
-@pytest.fixture(scope="module")
-def models(tiny_backbone):
-    torch.manual_seed(0)
-    quantizer = VectorQuantizer(CodebookConfig(num_codes=64, kmeans_init=False)).eval()
-    return Models(tiny_backbone, MelFrontEnd(tiny_backbone.spec), quantizer)
 
 
 @pytest.fixture(scope="module")

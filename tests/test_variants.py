@@ -7,11 +7,8 @@ import math
 import pytest
 import torch
 
-from recon.audio import MelFrontEnd
-from recon.codebook import CodebookConfig, VectorQuantizer
 from recon.variants import (
     VARIANTS,
-    Models,
     VariantInput,
     VariantSettings,
     highpass_zero_phase,
@@ -24,22 +21,6 @@ from recon.variants import (
 )
 
 SEED_VARIANTS = {"vae_sample", "vae_mode", "vae_clamped", "vae_highfreq", "vae_mixed", "vocoder_only", "griffinlim", "codebook_hard", "codebook_soft"}
-
-
-@pytest.fixture(scope="module")
-def models(tiny_backbone):
-    torch.manual_seed(0)
-    quantizer = VectorQuantizer(CodebookConfig(num_codes=64, kmeans_init=False)).eval()
-    return Models(tiny_backbone, MelFrontEnd(tiny_backbone.spec), quantizer)
-
-
-@pytest.fixture(scope="module")
-def batch(models):
-    t = torch.arange(163840) / 16000
-    wav = torch.stack([0.4 * torch.sin(2 * math.pi * 440 * t), 0.1 * torch.randn(163840, generator=torch.Generator().manual_seed(0))])
-    logmel = models.frontend(wav)
-    posterior = models.backbone.encode(logmel)
-    return VariantInput(wav, logmel, posterior.mean, posterior.std, ["a.wav#0", "b.wav#0"])
 
 
 def test_registry_keeps_every_seed_variant():
