@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import sys
 from pathlib import Path
 
 import lightning as L
 import torch
+from torch.multiprocessing import ProcessRaisedException
 
 from recon.audio import MelFrontEnd
 from recon.backbone import HUB_ID, FrozenAudioLDM2
@@ -72,6 +74,25 @@ def is_launching_process(trainer: L.Trainer) -> bool:
     return trainer.global_rank == 0 and (environment is None or not environment.creates_processes_externally)
 
 
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".recon-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"cannot write to --output {out}: {err.strerror or err}") from err
+
+
+def spawned_usage_error(err: BaseException) -> str | None:
+    """The message of a UsageError raised in a process that ddp_spawn started, if that is what ``err`` is."""
+    if not isinstance(err, ProcessRaisedException):
+        return None
+    last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+    name, _, message = last.partition(": ")
+    return message if name.rsplit(".", 1)[-1] == UsageError.__name__ else None
+
+
 def load_models(args: argparse.Namespace) -> Models:
     if args.ckpt:
         if not Path(args.ckpt).is_file():
@@ -102,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         # One line naming what is wrong; input files that fail are reported in errors.csv instead.
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except ProcessRaisedException as err:
+        message = spawned_usage_error(err)
+        if message is None:
+            raise
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if is_launching_process(trainer):
         # Fail fast, before loading models; the writer checks again, on every rank, at setup.
         check_output(out, args.overwrite)
+        check_writable(out)
     models = load_models(args)
     variants = resolve(args.variants, {"codebook": models.quantizer is not None, "diffusion": models.diffusion is not None})
     dataset = InferenceFiles(args.input, models.backbone.spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,14 +129,20 @@ class ResumableSampler(Sampler[int]):
     training). The sampler keeps its own epoch count, one per pass, instead of Lightning's epoch
     number: a checkpoint written when ``max_steps`` stops training mid-epoch counts that epoch as
     finished in Lightning's loop state, while the data stream must go on where it stopped.
-    :meth:`start_at` places the stream after ``batches`` batches, so a resumed run sees exactly the
-    batches an uninterrupted run would have.
+
+    ``start_batches`` places the stream after that many batches of this rank, so a resumed run (or a
+    reloaded dataloader) sees exactly the batches an uninterrupted run would have. ``epoch_length``
+    gives the batches Lightning takes per epoch (fewer than a full pass under ``limit_train_batches``);
+    it is asked at the first pass, once Lightning knows it.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, batch_size: int = 1):
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, batch_size: int = 1,
+                 start_batches: int = 0, epoch_length: Callable[[], int | None] | None = None):
         self.size, self.seed, self.shuffle, self.batch_size = size, seed, shuffle, batch_size
         self.epoch = 0
         self._skip = 0
+        self._start: int | None = start_batches
+        self._epoch_length = epoch_length
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -143,13 +150,10 @@ class ResumableSampler(Sampler[int]):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(len(self) / self.batch_size)
-
-    def start_at(self, batches: int) -> None:
-        """Continue the stream after ``batches`` batches (counted over all epochs) of this rank."""
-        self.epoch, within = divmod(batches, max(self.batches_per_epoch, 1))
+    def _place(self, batches: int) -> None:
+        full_pass = math.ceil(len(self) / self.batch_size)
+        per_epoch = min(self._epoch_length() or full_pass, full_pass) if self._epoch_length else full_pass
+        self.epoch, within = divmod(batches, max(per_epoch, 1))
         self._skip = within * self.batch_size
 
     def _order(self) -> list[int]:
@@ -164,6 +168,9 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self):
         # One call per pass over the data: the rest of the current epoch, then the next epoch.
+        if self._start is not None:
+            self._place(self._start)
+            self._start = None
         order = self._order()[self._skip :]
         self._skip = 0
         self.epoch += 1
@@ -178,8 +185,8 @@ class AudioDataModule(L.LightningDataModule):
 
     With ``cache_dir`` set, a trainer that owns the frozen encoder calls :meth:`attach_latent_cache`
     and the loaders then yield cached posteriors (``mean``, ``std``) instead of waveforms.
-    Training batches come from a :class:`ResumableSampler`; the datamodule's state in a checkpoint
-    records how many batches were taken, so ``--ckpt_path`` resumes mid-epoch exactly.
+    Training batches come from a :class:`ResumableSampler` placed after the batches Lightning's
+    restored loop state says were taken, so ``--ckpt_path`` resumes mid-epoch exactly.
     Lightning must not replace that sampler: train with ``use_distributed_sampler: false``.
     """
 
@@ -198,7 +205,6 @@ class AudioDataModule(L.LightningDataModule):
         super().__init__()
         self.cache_dir = cache_dir
         self.latents: tuple[Dataset, Dataset] | None = None
-        self._resume_batches = 0
         self.root = root
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -224,34 +230,56 @@ class AudioDataModule(L.LightningDataModule):
             raise ValueError(f"no usable training audio under {self.root}: {[(str(r.path), r.reason) for r in self.train_set.rejected]}")
 
     def attach_latent_cache(self, backbone) -> None:
-        """Encode every segment not yet cached (rank 0 in DDP), then serve latents from the cache."""
+        """Encode every segment not yet cached (each DDP rank its share), then serve latents from the cache."""
         from .cache import LatentCache, LatentDataset, backbone_fingerprint
 
         self.setup("fit")
         cache = LatentCache(self.cache_dir, backbone_fingerprint(backbone))
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        for dataset in (self.train_set, self.val_set):
-            # Each rank encodes the missing segments of its share; entries are written atomically.
-            cache.build(dataset, backbone, batch_size=self.batch_size, shard=(rank, world))
+        problem = None
+        try:
+            for dataset in (self.train_set, self.val_set):
+                # Each rank encodes the missing segments of its share; entries are written atomically.
+                cache.build(dataset, backbone, batch_size=self.batch_size, shard=(rank, world))
+        except Exception as err:  # raised below on every rank together, never only on this one
+            log.error("encoding the latent cache failed", exc_info=err)
+            problem = f"rank {rank} failed to encode its share ({type(err).__name__}: {err})"
         if trainer is not None:
             trainer.strategy.barrier("latent-cache")
-        missing = [(dataset, i) for dataset in (self.train_set, self.val_set) for i in cache.missing(dataset)]
-        complete = trainer.strategy.reduce_boolean_decision(not missing, all=True) if trainer is not None else not missing
+        if problem is None:
+            try:
+                missing = [(d, i) for d in (self.train_set, self.val_set) for i in cache.missing(d)]
+            except OSError as err:
+                missing, problem = [], f"rank {rank} cannot read the cache or the audio ({err})"
+            if missing:
+                named = ", ".join(f"{d.segments[i].relpath}#{d.segments[i].index}" for d, i in missing[:5])
+                problem = f"rank {rank} cannot see {len(missing)} segment(s) ({named}{', ...' if len(missing) > 5 else ''})"
+        complete = trainer.strategy.reduce_boolean_decision(problem is None, all=True) if trainer is not None else problem is None
         if not complete:
             # Every rank stops here together; a rank that sees everything names no segment.
-            named = ", ".join(f"{d.segments[i].relpath}#{d.segments[i].index}" for d, i in missing[:5])
             raise RuntimeError(
                 f"the latent cache {cache.dir} is incomplete after every rank encoded its share"
-                + (f": rank {rank} cannot see {len(missing)} segment(s) ({named}{', ...' if len(missing) > 5 else ''})" if missing else "")
+                + (f": {problem}" if problem else "")
                 + "; data.cache_dir must be on a file system shared by all nodes"
             )
         self.latents = (LatentDataset(self.train_set, cache), LatentDataset(self.val_set, cache))
 
+    def _batches_taken(self) -> int:
+        """Training batches this rank has taken so far: Lightning's count, restored with its loops
+        from a checkpoint before any dataloader is built (0 outside a fit)."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.total.ready if trainer is not None else 0
+
+    def _epoch_length(self) -> int | None:
+        batches = self.trainer.num_training_batches if self.trainer is not None else None
+        return int(batches) if batches is not None and math.isfinite(batches) and batches > 0 else None
+
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        sampler = ResumableSampler(len(dataset), seed=self.seed, shuffle=shuffle, batch_size=self.batch_size)
-        if shuffle and self._resume_batches:
-            sampler.start_at(self._resume_batches)
+        sampler = ResumableSampler(
+            len(dataset), seed=self.seed, shuffle=shuffle, batch_size=self.batch_size,
+            start_batches=self._batches_taken() if shuffle else 0, epoch_length=self._epoch_length,
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -265,16 +293,3 @@ class AudioDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.latents[1] if self.latents else self.val_set, shuffle=False)
-
-    def state_dict(self) -> dict:
-        # Saved with every checkpoint: how many training batches this rank has taken in all
-        # (Lightning's count, restored with its loops), which fixes the position in the data stream.
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        return {"batches": trainer.fit_loop.epoch_loop.batch_progress.total.ready}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "epoch" in state:
-            raise ValueError("this checkpoint records its data position in an older format; it cannot be resumed exactly")
-        self._resume_batches = state.get("batches", 0)

@@ -6,7 +6,7 @@ Both read the output folder that the variant runner writes::
     OUT/<variant>/<rel>.wav      one per variant, same relative path
     OUT/metrics.csv              one row per file x variant (file, variant, duration_s, seconds, metrics...)
     OUT/summary.json             {"variants": {name: {...}}, "run": {...}}
-    OUT/errors.csv               file, reason (optional)
+    OUT/errors.csv               file, variant (empty: the whole input), reason (optional)
 
 ``rel`` is the ``file`` column of ``metrics.csv`` with its suffix replaced by ``.wav``.
 
@@ -160,7 +160,7 @@ def read_summary(out_dir: str | Path) -> dict:
 
 
 def read_errors(out_dir: str | Path) -> list[dict]:
-    """Rows of ``OUT/errors.csv`` (``file``, ``reason``) as strings; ``[]`` if absent or header-only."""
+    """Rows of ``OUT/errors.csv`` (``file``, ``variant``, ``reason``) as strings; ``[]`` if absent or header-only."""
     path = Path(out_dir) / "errors.csv"
     if not path.is_file():
         return []

@@ -107,6 +107,8 @@ class InferenceFiles(Dataset):
         except AudioLoadError as err:
             # Reported in errors.csv and on stderr by the writer; the other files go on.
             item["error"] = err.reason
+        except Exception as err:  # e.g. MemoryError resampling a huge file: still one file's error
+            item["error"] = describe_error(err)
         return item
 
 
@@ -154,6 +156,16 @@ class FileResult:
             entry.check_host()
 
 
+@dataclass
+class SegmentOutput:
+    """One variant's output for one 10.24 s segment, still on the device."""
+
+    wav: Tensor
+    latent_snr_db: float | None
+    notes: list[str]
+    codes: Tensor | None  # on the host: bitstreams are packed there
+
+
 def describe_error(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())[:500]
 
@@ -193,6 +205,8 @@ class VariantRunner(L.LightningModule):
         Returns (members, result or the exception) pairs. A group is one file's segments (or one
         variant's outputs), so a failure is pinned on the file that causes it.
         """
+        if not groups:
+            return []
         members = [m for g in groups for m in g]
         try:
             return [(members, run(members))]
@@ -200,9 +214,11 @@ class VariantRunner(L.LightningModule):
             if len(groups) == 1:
                 self._log_first(what, err)
                 return [(members, err)]
-            if _is_out_of_memory(err) and self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            out_of_memory = _is_out_of_memory(err)
             log.warning("%s failed on a batch (%s); retrying one item at a time", what, describe_error(err))
+        if out_of_memory and self.device.type == "cuda":
+            # Outside the except block: the traceback no longer holds the failed attempt's tensors.
+            torch.cuda.empty_cache()
         results = []
         for group in groups:
             try:
@@ -223,19 +239,39 @@ class VariantRunner(L.LightningModule):
         posterior = self.backbone.encode(logmel)
         return VariantInput(wav, logmel, posterior.mean.float(), posterior.std.float(), keys)
 
+    def _run_variant(self, variant: Variant, x: VariantInput, rows: list[int]) -> list[SegmentOutput]:
+        """One variant on some segments of an encoded chunk, split into per-segment outputs."""
+        part = x.select(rows)
+        rec = variant.fn(part, self.models, self.settings)
+        snr = M.latent_snr(part.mean, rec.latent.float()).tolist() if rec.latent is not None else [None] * len(rows)
+        return [
+            SegmentOutput(
+                wav=rec.wav[r],
+                latent_snr_db=snr[r],
+                notes=rec.notes[r] if rec.notes else [],
+                codes=rec.codes[r].cpu() if rec.codes is not None else None,
+            )
+            for r in range(len(rows))
+        ]
+
     @torch.no_grad()
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[FileResult]:
+        try:
+            return self._predict(batch)
+        except Exception as err:
+            # Last resort for a failure outside the isolated stages: every file of the batch is
+            # reported, and this rank goes on, so ranks never diverge before their collectives.
+            log.error("batch %d failed: %s", batch_idx, describe_error(err), exc_info=err)
+            return [FileResult(item["index"], item["relpath"], error=item["error"] or f"failed: {describe_error(err)}") for item in batch]
+
+    def _predict(self, batch: list[dict]) -> list[FileResult]:
         spec = self.backbone.spec
         ok = [item for item in batch if item["error"] is None]
         segments = [split_segments(item["wav"], spec) for item in ok]
         owner = [f for f, seg in enumerate(segments) for _ in range(len(seg))]  # segment -> position in ok
         keys = [f"{item['relpath']}#{i}" for item, seg in zip(ok, segments) for i in range(len(seg))]
         flat = torch.cat(segments) if segments else torch.empty(0, spec.num_samples, device=self.device)
-        names = [v.name for v in self.variants]
-        wavs: dict[str, dict[int, Tensor]] = {n: {} for n in names}  # variant -> segment -> wav
-        latent_snr: dict[str, dict[int, float]] = {n: {} for n in names}
-        notes: dict[str, dict[int, list[str]]] = {n: {} for n in names}
-        codes: dict[str, dict[int, Tensor]] = {n: {} for n in names}
+        outputs: dict[str, dict[int, SegmentOutput]] = {v.name: {} for v in self.variants}  # variant -> segment -> output
         failed: dict[tuple[int, str], str] = {}  # (file position, variant or "") -> reason
         seconds = defaultdict(float)
 
@@ -260,26 +296,15 @@ class VariantRunner(L.LightningModule):
                 row = {s: r for r, s in enumerate(members)}
                 for variant in self.variants:
                     t0 = time.perf_counter()
-                    runs = self._isolated(
-                        variant.name, lambda sel: variant.fn(x.select([row[s] for s in sel]), self.models, self.settings), by_file(members)
-                    )
+                    runs = self._isolated(variant.name, lambda sel: self._run_variant(variant, x, [row[s] for s in sel]), by_file(members))
                     self._sync()
                     seconds[variant.name] += time.perf_counter() - t0
-                    for sel, rec in runs:
-                        if isinstance(rec, Exception):
+                    for sel, per_segment in runs:
+                        if isinstance(per_segment, Exception):
                             for s in sel:
-                                failed.setdefault((owner[s], variant.name), describe_error(rec))
-                            continue
-                        snr = None
-                        if rec.latent is not None:
-                            snr = M.latent_snr(x.mean[[row[s] for s in sel]], rec.latent.float()).tolist()
-                        for r, s in enumerate(sel):
-                            wavs[variant.name][s] = rec.wav[r]
-                            if snr is not None:
-                                latent_snr[variant.name][s] = snr[r]
-                            notes[variant.name][s] = rec.notes[r] if rec.notes else []
-                            if rec.codes is not None:
-                                codes[variant.name][s] = rec.codes[r].cpu()
+                                failed.setdefault((owner[s], variant.name), describe_error(per_segment))
+                        else:
+                            outputs[variant.name].update(zip(sel, per_segment))
         total = max(len(flat), 1)
         results = {item["index"]: FileResult(item["index"], item["relpath"], error=item["error"]) for item in batch}
         first = 0
@@ -300,25 +325,34 @@ class VariantRunner(L.LightningModule):
                 if (f, name) in failed:
                     entry.error = failed[(f, name)]
                     continue
-                wav = torch.cat([wavs[name][s] for s in members]).float()[: item["wav"].numel()]
-                if not torch.isfinite(wav).all():
-                    entry.error = "produced non-finite audio (NaN or inf); nothing written"
+                try:
+                    wav = self._assemble(variant, [outputs[name][s] for s in members], item["wav"].numel(), entry)
+                except Exception as err:  # stitching or packing this file's output
+                    self._log_first(f"{name} output", err)
+                    entry.error = describe_error(err)
                     continue
-                stitched[name] = wav
-                lat = [latent_snr[name][s] for s in members if s in latent_snr[name]]
-                entry.latent_snr_db = statistics.fmean(lat) if lat else None
-                entry.notes = sorted({n for s in members for n in notes[name][s]})
-                if variant.pack_codes is not None and codes[name]:
-                    entry.bitstream = variant.pack_codes(torch.stack([codes[name][s] for s in members]), self.settings, self.models)
+                if wav is not None:
+                    stitched[name] = wav
             self._file_metrics(item["wav"].float(), stitched, result)
         return [results[item["index"]] for item in batch]
+
+    def _assemble(self, variant: Variant, parts: list[SegmentOutput], length: int, entry: VariantResult) -> Tensor | None:
+        """Stitch one file's segments, fill in the entry; None (with the reason) for non-finite audio."""
+        wav = torch.cat([p.wav for p in parts]).float()[:length]
+        if not torch.isfinite(wav).all():
+            entry.error = "produced non-finite audio (NaN or inf); nothing written"
+            return None
+        snr = [p.latent_snr_db for p in parts if p.latent_snr_db is not None]
+        entry.latent_snr_db = statistics.fmean(snr) if snr else None
+        entry.notes = sorted({n for p in parts for n in p.notes})
+        if variant.pack_codes is not None and all(p.codes is not None for p in parts):
+            entry.bitstream = variant.pack_codes(torch.stack([p.codes for p in parts]), self.settings, self.models)
+        return wav
 
     def _file_metrics(self, reference: Tensor, stitched: dict[str, Tensor], result: FileResult) -> None:
         """The torch metrics of every variant of one file, batched over the variants, on the device."""
         by_name = {entry.variant: entry for entry in result.variants}
         names = list(stitched)
-        if not names:
-            return
 
         def compute(sel: list[int]) -> dict[str, Tensor]:
             with fp32_island(reference.device):
@@ -376,6 +410,8 @@ class ResultWriter(BasePredictionWriter):
         self.overwrite = overwrite
         self.rows: list[dict] = []
         self.errors: list[dict] = []
+        self.fatal: str | None = None  # an unexpected failure of this rank's writing, raised at the end
+        self._variants = {v.name: v for v in info.variants}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Before any work, on every rank: the output folder is usable, and it is the same folder for all."""
@@ -391,7 +427,10 @@ class ResultWriter(BasePredictionWriter):
         if problem is not None:
             raise UsageError(problem)
         marker = self.out / RUN_MARKER
-        sees = marker.is_file() and marker.read_text() == token
+        try:
+            sees = marker.read_text() == token
+        except OSError:
+            sees = False
         views = gather_to_all((trainer.global_rank, socket.gethostname(), sees))
         blind = [(rank, host) for rank, host, ok in views if not ok]
         if blind:
@@ -400,60 +439,84 @@ class ResultWriter(BasePredictionWriter):
                 f"the output folder {self.out} is not shared by all ranks: {where} cannot see the {RUN_MARKER} marker that "
                 "rank 0 wrote there; put --output on a file system that every node mounts"
             )
-        self.rows, self.errors = [], []
+        self.rows, self.errors, self.fatal = [], [], None
 
     def _error(self, result: FileResult, variant: str, reason: str) -> None:
         log.error("%s%s: %s", result.relpath, f" [{variant}]" if variant else "", reason)
         self.errors.append({"index": result.index, "file": result.relpath, "variant": variant, "reason": reason})
+        # An earlier run's output (under --overwrite) must not stand in for what failed now.
+        rel = output_relpath(result.relpath)
+        for name in [variant] if variant else ["input", *(v.name for v in self.info.variants)]:
+            target = self.out / name / rel
+            target.unlink(missing_ok=True)
+            suffix = self._variants[name].codes_suffix if name in self._variants else ""
+            if suffix:
+                target.with_suffix(suffix).unlink(missing_ok=True)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        for result in prediction:
-            if not isinstance(result, FileResult):
-                raise TypeError(f"predict_step must return FileResult records, got {type(result).__name__}")
-            result.check_host()
-            if result.error is not None:
-                self._error(result, "", result.error)
-                continue
-            self._write_file(result)
+        try:
+            for result in prediction:
+                self.write(result)
+        except Exception as err:
+            # Not raised here: this rank must still reach the collective in on_predict_end, where
+            # every rank stops together.
+            log.error("writing batch %d failed: %s", batch_idx, describe_error(err), exc_info=err)
+            self.fatal = self.fatal or f"writing batch {batch_idx} failed: {describe_error(err)}"
 
-    def _write_file(self, result: FileResult) -> None:
+    def write(self, result: FileResult) -> None:
+        """One file's outputs and rows; a failure to write one output is that output's error row."""
+        if not isinstance(result, FileResult):
+            raise TypeError(f"predict_step must return FileResult records, got {type(result).__name__}")
+        result.check_host()
+        if result.error is not None:
+            self._error(result, "", result.error)
+            return
         rel = output_relpath(result.relpath)
-        duration = result.input_wav.size / self.spec.sample_rate
-        files.write_wav(self.out / "input" / rel, result.input_wav, self.spec.sample_rate)
-        variants = {v.name: v for v in self.info.variants}
+        try:
+            files.write_wav(self.out / "input" / rel, result.input_wav, self.spec.sample_rate)
+        except OSError as err:
+            self._error(result, "", f"writing the input failed: {describe_error(err)}")
+            return
         for out in result.variants:
-            variant = variants[out.variant]
             if out.error is not None:
                 self._error(result, out.variant, out.error)
                 continue
-            files.write_wav(self.out / out.variant / rel, out.wav, self.spec.sample_rate)
-            if out.bitstream is not None:
-                files.write_bytes((self.out / out.variant / rel).with_suffix(variant.codes_suffix), out.bitstream)
-            values = dict(out.metrics)
-            if self.perceptual:
-                reference, estimate = torch.from_numpy(result.input_wav)[None], torch.from_numpy(out.wav)[None]
-                values["pesq_wb"] = float(M.pesq_wb(reference, estimate)[0])
-                values["stoi"] = float(M.stoi(reference, estimate)[0])
-            self.rows.append(
-                {
-                    "index": result.index,
-                    "file": result.relpath,
-                    "variant": out.variant,
-                    "duration_s": duration,
-                    "seconds": out.seconds,
-                    **values,
-                    "latent_snr_db": out.latent_snr_db,
-                    "bitrate_bps": variant.bitrate(self.info.variant_settings),
-                    "notes": "; ".join(out.notes),
-                }
-            )
+            try:
+                self.rows.append(self._write_variant(result, out))
+            except Exception as err:  # a full disk, or a perceptual metric failing in a new way
+                self._error(result, out.variant, f"writing failed: {describe_error(err)}")
+
+    def _write_variant(self, result: FileResult, out: VariantResult) -> dict:
+        variant = self._variants[out.variant]
+        target = self.out / out.variant / output_relpath(result.relpath)
+        files.write_wav(target, out.wav, self.spec.sample_rate)
+        if out.bitstream is not None:
+            files.write_bytes(target.with_suffix(variant.codes_suffix), out.bitstream)
+        values = dict(out.metrics)
+        if self.perceptual:
+            reference, estimate = torch.from_numpy(result.input_wav)[None], torch.from_numpy(out.wav)[None]
+            values["pesq_wb"] = float(M.pesq_wb(reference, estimate)[0])
+            values["stoi"] = float(M.stoi(reference, estimate)[0])
+        return {
+            "index": result.index,
+            "file": result.relpath,
+            "variant": out.variant,
+            "duration_s": result.input_wav.size / self.spec.sample_rate,
+            "seconds": out.seconds,
+            **values,
+            "latent_snr_db": out.latent_snr_db,
+            "bitrate_bps": variant.bitrate(self.info.variant_settings),
+            "notes": "; ".join(out.notes),
+        }
 
     def on_predict_end(self, trainer, pl_module) -> None:
         # A collective: every rank reaches it once its last batch is written.
-        rows = [r for part in gather_to_all(self.rows) for r in part]
-        errors = [e for part in gather_to_all(self.errors) for e in part]
+        parts = gather_to_all((self.rows, self.errors, self.fatal))
+        fatal = [f"rank {rank}: {failure}" for rank, (_, _, failure) in enumerate(parts) if failure]
+        if fatal:
+            raise RuntimeError("; ".join(fatal))
         if trainer.is_global_zero:
-            finalize(self.out, self.info, rows, errors)
+            finalize(self.out, self.info, [r for rows, _, _ in parts for r in rows], [e for _, errors, _ in parts for e in errors])
 
 
 # ---------------------------------------------------------------------- results

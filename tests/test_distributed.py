@@ -126,3 +126,20 @@ def test_codebook_ddp_leaves_a_model_without_gradients_unwrapped_on_cuda(monkeyp
     plain.model = model
     with pytest.raises(AssertionError):
         plain._register_ddp_hooks()
+
+
+def test_a_usage_error_in_a_spawned_process_is_one_line_and_exit_status_2():
+    from torch.multiprocessing import ProcessRaisedException
+
+    trace = "Traceback (most recent call last):\n  File ...\nrecon.runner.UsageError: the output folder /x is not shared by all ranks"
+    assert infer.spawned_usage_error(ProcessRaisedException(trace, 1, 1234)) == "the output folder /x is not shared by all ranks"
+    assert infer.spawned_usage_error(ProcessRaisedException("Traceback ...\nRuntimeError: boom", 1, 1234)) is None
+    assert infer.spawned_usage_error(ValueError("x")) is None
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    write_tone(tmp_path / "in" / "a.wav", 1.0)
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+    code = infer.main(["--backbone", "random:tiny", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "taken"),
+                       "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp_spawn", "--wandb", "off"])
+    assert code == 2 and capsys.readouterr().err.strip().startswith(f"error: cannot write to --output {tmp_path / 'taken'}")

@@ -73,7 +73,13 @@ def test_writer_refuses_device_tensors(tmp_path):
     ]
     for result in bad:
         with pytest.raises(TypeError, match="must be a numpy array on the host"):
-            writer.write_on_batch_end(None, None, [result], [0], None, 0)
+            writer.write(result)
+        # Inside Lightning's hook the rank records it and every rank stops together at the end.
+        writer.fatal = None
+        writer.write_on_batch_end(None, None, [result], [0], None, 7)
+        assert "writing batch 7 failed: TypeError" in writer.fatal
+        with pytest.raises(RuntimeError, match="rank 0: writing batch 7 failed"):
+            writer.on_predict_end(None, None)
 
 
 def fails_for_b(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:

@@ -29,7 +29,7 @@ def audio_dir(tmp_path_factory) -> Path:
 
 
 def make_trainer(tmp_path: Path, max_steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(
+    settings = dict(
         accelerator="cpu",
         devices=1,
         max_steps=max_steps,
@@ -40,8 +40,8 @@ def make_trainer(tmp_path: Path, max_steps: int, **kwargs) -> L.Trainer:
         limit_val_batches=0,
         use_distributed_sampler=False,
         default_root_dir=tmp_path,
-        **kwargs,
     )
+    return L.Trainer(**{**settings, **kwargs})
 
 
 def codebook_config(**overrides) -> CodebookConfig:
@@ -111,22 +111,29 @@ class StepRecorder(L.Callback):
         self.restarts.append(int(pl_module.quantizer.num_restarted))
 
 
-def test_resume_is_exact_from_every_kind_of_stop(tmp_path, audio_dir):
+@pytest.mark.parametrize("checkpointing", ["last at max_steps", "every step, with validation and workers"])
+def test_resume_is_exact_from_every_kind_of_stop(tmp_path, audio_dir, checkpointing, single_thread):
     """Stopping at step k and resuming to N gives the state of N uninterrupted steps, by running only
     steps k+1..N on the batches the uninterrupted run saw there (a resume that ignored the checkpoint
-    would run N steps; one that lost the data position would see other batches)."""
+    would run N steps; one that lost the data position would see other batches).
+
+    Two ways of writing the checkpoint: the one ``max_steps`` leaves (``save_last``, written after
+    Lightning closed the epoch), and the shipped configs' one (``every_n_train_steps``, written inside
+    the epoch) with validation running and two dataloader workers."""
     # 512 codes for tones: some go unused, so restarts fire early in the run.
     cfg = codebook_config(num_codes=512, update="ema", kmeans_init=True, dead_code_threshold=2)
-    total = 9  # 6 files / batch 2 = 3 batches per epoch
+    total = 9  # 6 (or 5 training) files / batch 2 = 3 batches per epoch
+    per_step = checkpointing.startswith("every step")
 
     def fit(max_steps, root, ckpt_path=None):
         L.seed_everything(0)
         model = CodebookTrainer(backbone="random:tiny", codebook=cfg, latent="sample", seed=5)
-        dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0, seed=3)
+        dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.2 if per_step else 0.0, seed=3, num_workers=2 if per_step else 0)
         recorder = StepRecorder()
-        # save_last: the checkpoint `max_steps` leaves behind, written after Lightning closed the epoch.
-        checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)
-        make_trainer(root, max_steps=max_steps, callbacks=[recorder, checkpoint]).fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0, every_n_train_steps=1 if per_step else None)
+        validation = dict(limit_val_batches=1.0, val_check_interval=2) if per_step else {}
+        trainer = make_trainer(root, max_steps=max_steps, callbacks=[recorder, checkpoint], **validation)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
         state = {k: v.clone() for k, v in model.quantizer.state_dict().items()}
         return state, recorder, torch.load(root / "last.ckpt", weights_only=False)
 
