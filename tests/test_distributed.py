@@ -143,3 +143,23 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
     code = infer.main(["--backbone", "random:tiny", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "taken"),
                        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp_spawn", "--wandb", "off"])
     assert code == 2 and capsys.readouterr().err.strip().startswith(f"error: cannot write to --output {tmp_path / 'taken'}")
+
+
+@pytest.mark.parametrize(
+    "env, launching",
+    [
+        ({}, True),  # a plain run, or the process that starts Lightning's ddp children
+        ({"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"}, False),  # a child Lightning started
+        # torchrun starts every rank itself, rank 0 included: the writer checks collectively instead.
+        ({"TORCHELASTIC_RUN_ID": "x", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+          "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, False),
+    ],
+    ids=["plain", "lightning-child", "torchrun-rank0"],
+)
+def test_only_the_launching_process_checks_the_output_early(monkeypatch, env, launching):
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID", "GROUP_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
+    assert infer.is_launching_process(trainer) is launching

@@ -22,7 +22,7 @@ DEMO_CKPT = ROOT / "checkpoints" / "demo" / "codebook-tiny.ckpt"
 
 
 def run_infer(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "WANDB_SERVICE")}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_DIR=str(cwd), WANDB_DATA_DIR=str(cwd / "wandb-data"), PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, str(ROOT / "infer.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
