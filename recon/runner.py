@@ -190,6 +190,10 @@ class VariantRunner(L.LightningModule):
         self.settings = settings
         self.segment_batch = segment_batch
         self._reported: set[str] = set()
+        # Seconds per stage over the whole run on this rank (device-synchronised): encode, each
+        # variant, metrics, and "assemble" (stitching, packing, copies to the host). Benchmarks read it.
+        self.stage_seconds: dict[str, float] = defaultdict(float)
+        self._metrics_seconds = 0.0
 
     @property
     def models(self) -> Models:
@@ -305,6 +309,9 @@ class VariantRunner(L.LightningModule):
                                 failed.setdefault((owner[s], variant.name), describe_error(per_segment))
                         else:
                             outputs[variant.name].update(zip(sel, per_segment))
+        for stage, spent in seconds.items():
+            self.stage_seconds[stage] += spent
+        t0 = time.perf_counter()
         total = max(len(flat), 1)
         results = {item["index"]: FileResult(item["index"], item["relpath"], error=item["error"]) for item in batch}
         first = 0
@@ -334,6 +341,10 @@ class VariantRunner(L.LightningModule):
                 if wav is not None:
                     stitched[name] = wav
             self._file_metrics(item["wav"].float(), stitched, result)
+        self._sync()
+        # Stitching, packing and copies to the host, less the metrics timed inside.
+        self.stage_seconds["assemble"] += time.perf_counter() - t0 - self._metrics_seconds
+        self._metrics_seconds = 0.0
         return [results[item["index"]] for item in batch]
 
     def _assemble(self, variant: Variant, parts: list[SegmentOutput], length: int, entry: VariantResult) -> Tensor | None:
@@ -350,23 +361,32 @@ class VariantRunner(L.LightningModule):
         return wav
 
     def _file_metrics(self, reference: Tensor, stitched: dict[str, Tensor], result: FileResult) -> None:
-        """The torch metrics of every variant of one file, batched over the variants, on the device."""
+        """The torch metrics of every variant of one file, batched over the variants, on the device;
+        then the outputs that have them go to the host."""
         by_name = {entry.variant: entry for entry in result.variants}
         names = list(stitched)
 
         def compute(sel: list[int]) -> dict[str, Tensor]:
             with fp32_island(reference.device):
                 estimate = torch.stack([stitched[names[i]] for i in sel])
-                return M.compute_all(reference.expand_as(estimate).contiguous(), estimate, self.frontend, include_perceptual=False)
+                values = M.compute_all(reference.expand_as(estimate).contiguous(), estimate, self.frontend, include_perceptual=False)
+                return {k: v.tolist() for k, v in values.items()}
 
+        self._sync()
+        t0 = time.perf_counter()
         for sel, values in self._isolated("metrics", compute, [[i] for i in range(len(names))]):
             for r, i in enumerate(sel):
                 entry = by_name[names[i]]
                 if isinstance(values, Exception):
                     entry.error = f"metrics failed: {describe_error(values)}"
-                    continue
-                entry.metrics = {k: float(v[r]) for k, v in values.items()}
-                entry.wav = stitched[names[i]].cpu().numpy()
+                else:
+                    entry.metrics = {k: v[r] for k, v in values.items()}
+        spent = time.perf_counter() - t0
+        self.stage_seconds["metrics"] += spent
+        self._metrics_seconds += spent
+        for name in names:
+            if by_name[name].error is None:
+                by_name[name].wav = stitched[name].cpu().numpy()
 
 
 # ---------------------------------------------------------------------- the writer
@@ -412,6 +432,7 @@ class ResultWriter(BasePredictionWriter):
         self.errors: list[dict] = []
         self.fatal: str | None = None  # an unexpected failure of this rank's writing, raised at the end
         self._variants = {v.name: v for v in info.variants}
+        self.write_seconds = 0.0  # this rank's time spent writing files and computing PESQ/STOI
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Before any work, on every rank: the output folder is usable, and it is the same folder for all."""
@@ -465,6 +486,13 @@ class ResultWriter(BasePredictionWriter):
 
     def write(self, result: FileResult) -> None:
         """One file's outputs and rows; a failure to write one output is that output's error row."""
+        t0 = time.perf_counter()
+        try:
+            self._write(result)
+        finally:
+            self.write_seconds += time.perf_counter() - t0
+
+    def _write(self, result: FileResult) -> None:
         if not isinstance(result, FileResult):
             raise TypeError(f"predict_step must return FileResult records, got {type(result).__name__}")
         result.check_host()
