@@ -320,7 +320,8 @@ def high_frequency_retention(
 
 
 def _per_item(
-    name: str, reference: Tensor, estimate: Tensor, score: Callable[[np.ndarray, np.ndarray], float]
+    name: str, reference: Tensor, estimate: Tensor, score: Callable[[np.ndarray, np.ndarray], float],
+    labels: Sequence[str] | None = None,
 ) -> Tensor:
     reference, estimate = _check_pair(reference, estimate)
     ref_np = reference.detach().cpu().numpy().astype(np.float64)
@@ -338,7 +339,7 @@ def _per_item(
             except _Undefined as err:
                 reason = str(err)
         if reason is not None:
-            logger.warning("%s of item %d is NaN: %s", name, i, reason)
+            logger.warning("%s of %s is NaN: %s", name, labels[i] if labels else f"item {i}", reason)
             value = float("nan")
         out.append(value)
     return torch.tensor(out, dtype=torch.float32, device=reference.device)
@@ -376,7 +377,7 @@ def _stoi_one(ref: np.ndarray, est: np.ndarray) -> float:
     return value
 
 
-def pesq_wb(reference: Tensor, estimate: Tensor) -> Tensor:
+def pesq_wb(reference: Tensor, estimate: Tensor, labels: Sequence[str] | None = None) -> Tensor:
     """Wide-band PESQ (ITU-T P.862.2 MOS-LQO, about 1.04-4.64) per item, ``pesq`` package, 16 kHz, ``"wb"``.
 
     The library peak-normalises both signals jointly, so overall level does not matter. NaN, with
@@ -384,17 +385,24 @@ def pesq_wb(reference: Tensor, estimate: Tensor) -> Tensor:
     non-finite input, or input PESQ rejects (no utterances detected, shorter than 0.25 s, a
     silent estimate, ...).
     """
-    return _per_item("pesq_wb", reference, estimate, _pesq_one)
+    return _per_item("pesq_wb", reference, estimate, _pesq_one, labels)
 
 
-def stoi(reference: Tensor, estimate: Tensor) -> Tensor:
+def stoi(reference: Tensor, estimate: Tensor, labels: Sequence[str] | None = None) -> Tensor:
     """STOI (Taal et al. 2011, 0-1, higher is more intelligible) per item, ``pystoi`` at 16 kHz, not extended.
 
     NaN, with a warning on the ``recon.metrics`` logger naming item and reason, for a silent
     reference, non-finite input, or fewer than 30 frames left after pystoi's silence removal (where
     pystoi itself would return a placeholder 1e-5).
     """
-    return _per_item("stoi", reference, estimate, _stoi_one)
+    return _per_item("stoi", reference, estimate, _stoi_one, labels)
+
+
+def perceptual_scores(reference: np.ndarray, estimate: np.ndarray, label: str) -> dict[str, float]:
+    """``pesq_wb`` and ``stoi`` of one pair of host arrays; NaN warnings name ``label``. Runs in a
+    worker process of the result writer."""
+    ref, est = torch.from_numpy(reference)[None], torch.from_numpy(estimate)[None]
+    return {"pesq_wb": float(pesq_wb(ref, est, [label])[0]), "stoi": float(stoi(ref, est, [label])[0])}
 
 
 # --------------------------------------------------------------------------------------------------

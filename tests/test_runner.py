@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from recon import metrics as M
 from recon.runner import FileResult, InferenceFiles, ResultWriter, RunInfo, VariantResult, VariantRunner, collate_files
 from recon.variants import VARIANTS, Models, Reconstruction, Variant, VariantInput, VariantSettings, vae_mode
 from tests.conftest import write_tone
@@ -74,12 +76,14 @@ def test_writer_refuses_device_tensors(tmp_path):
     for result in bad:
         with pytest.raises(TypeError, match="must be a numpy array on the host"):
             writer.write(result)
-        # Inside Lightning's hook the rank records it and every rank stops together at the end.
+        # Inside Lightning's hook (the writer thread) the rank records it, goes on, and every rank
+        # stops together at the end.
         writer.fatal = None
         writer.write_on_batch_end(None, None, [result], [0], None, 7)
-        assert "writing batch 7 failed: TypeError" in writer.fatal
-        with pytest.raises(RuntimeError, match="rank 0: writing batch 7 failed"):
+        writer.write_on_batch_end(None, None, [], [], None, 8)
+        with pytest.raises(RuntimeError, match="rank 0: writing batch 7 failed: TypeError"):
             writer.on_predict_end(None, None)
+        assert writer._thread is None
 
 
 def fails_for_b(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
@@ -131,3 +135,29 @@ def test_a_failing_variant_costs_one_row_and_an_oom_batch_is_retried_per_file(tm
         expected, _ = sf.read(out / "vae_mode" / name, dtype="float32")
         retried, _ = sf.read(out / "oom_on_batches" / name, dtype="float32")
         np.testing.assert_allclose(retried, expected, atol=1e-5, rtol=0)
+
+
+class RankZero:
+    is_global_zero = True
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["writer-thread", "worker-process"])
+def test_perceptual_scores_land_in_their_row(tmp_path, caplog, workers):
+    """PESQ and STOI, computed on the writer thread or in a worker process, land in the row of their
+    file and variant; a NaN warning names both."""
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    reference = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    estimate = (reference + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+    writer = ResultWriter(tmp_path, RunInfo([VARIANTS["vae_mode"]], {}), perceptual=True, perceptual_workers=workers)
+    result = FileResult(0, "a.wav", input_wav=reference, variants=[VariantResult("vae_mode", wav=estimate, metrics={"snr_db": 1.0})])
+    writer.write_on_batch_end(None, None, [result], [0], None, 0)
+    writer.on_predict_end(RankZero(), None)
+    with open(tmp_path / "metrics.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    expected = M.perceptual_scores(reference, estimate, "a.wav [vae_mode]")
+    assert float(row["stoi"]) == pytest.approx(expected["stoi"]) and 0 < expected["stoi"] <= 1
+    assert (math.isnan(expected["pesq_wb"]) and row["pesq_wb"] == "nan") or float(row["pesq_wb"]) == pytest.approx(expected["pesq_wb"])
+    assert writer._pool is None and writer._thread is None
+    M.perceptual_scores(reference, np.zeros_like(estimate), "b.wav [codebook_hard]")
+    assert "pesq_wb of b.wav [codebook_hard] is NaN: estimate is silent" in caplog.text
