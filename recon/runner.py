@@ -427,12 +427,18 @@ class ResultWriter(BasePredictionWriter):
     bounded queue, so the loop that feeds the device does not wait on the disk (and waits only when
     ``queue_batches`` batches are pending). Perceptual metrics (PESQ, STOI), whose libraries take
     numpy arrays and hold the GIL, run in ``perceptual_workers`` CPU processes when the model is on
-    an accelerator, and are collected at the end. A failure of the thread fails the run at the end of predict, on every rank together.
+    an accelerator, and are collected at the end. A failure of the thread fails the run at the end
+    of predict, on every rank together.
     """
 
     def __init__(self, out_dir: str | Path, info: RunInfo, spec: AudioSpec = AudioSpec(), perceptual: bool = True,
                  overwrite: bool = False, queue_batches: int = 4, perceptual_workers: int | None = None):
         super().__init__(write_interval="batch")
+        self.out = Path(out_dir)
+        self.info = info
+        self.spec = spec
+        self.perceptual = perceptual
+        self.overwrite = overwrite
         self.queue_batches = queue_batches
         # PESQ and STOI hold the GIL for seconds per file. With the model on an accelerator they run
         # in worker processes; on the CPU, which the model keeps busy, spawning workers (each
@@ -443,11 +449,6 @@ class ResultWriter(BasePredictionWriter):
         self._pending: list[tuple[dict, Future]] = []
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
-        self.out = Path(out_dir)
-        self.info = info
-        self.spec = spec
-        self.perceptual = perceptual
-        self.overwrite = overwrite
         self.rows: list[dict] = []
         self.errors: list[dict] = []
         self.fatal: str | None = None  # an unexpected failure of this rank's writing, raised at the end
