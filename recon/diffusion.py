@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -388,9 +389,14 @@ class AudioLDM2Denoiser:
 # --------------------------------------------------------------------------------------------
 
 
-def _seeded_noise(shape, seed: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    # As the pipeline's prepare_latents: randn from a generator on the target device.
-    return torch.randn(tuple(shape), generator=torch.Generator(device=device).manual_seed(seed), device=device, dtype=dtype)
+def _seeded_noise(shape, seed: int | Sequence[int], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """As the pipeline's prepare_latents: randn from a generator on the target device. A sequence of
+    seeds gives each batch item its own stream, so an item's noise does not depend on its batch."""
+    if isinstance(seed, int):
+        return torch.randn(tuple(shape), generator=torch.Generator(device=device).manual_seed(seed), device=device, dtype=dtype)
+    if len(seed) != shape[0]:
+        raise ValueError(f"{len(seed)} seeds for a batch of {shape[0]}")
+    return torch.cat([_seeded_noise((1, *shape[1:]), s, device, dtype) for s in seed])
 
 
 @torch.no_grad()
@@ -401,7 +407,7 @@ def sdedit_refine(
     steps: int,
     guidance_scale: float,
     prompt: str,
-    seed: int,
+    seed: int | Sequence[int],
     negative_prompt: str | None = None,
 ) -> Tensor:
     """SDEdit (Meng et al. 2022): noise a scaled latent part-way, then DDIM-denoise (eta 0) to the end.
@@ -410,7 +416,8 @@ def sdedit_refine(
     img2img). The start is ``x = sqrt(a_t0) z + sqrt(1 - a_t0) eps`` at their first timestep ``t0``;
     ``strength = 1`` starts from pure noise ``x = eps`` (then it equals :func:`text_to_audio_latent`
     with the same seed). ``n = 0`` (``strength = 0``) returns the input unchanged. ``eps`` comes from
-    a generator seeded with ``seed``, so the result is deterministic.
+    a generator seeded with ``seed`` (one seed per item: batch-independent noise), so the result is
+    deterministic.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -437,7 +444,7 @@ def text_to_audio_latent(
     prompt: str,
     steps: int,
     guidance_scale: float,
-    seed: int,
+    seed: int | Sequence[int],
     latent_shape: tuple[int, ...] = (1, 8, 256, 16),
     negative_prompt: str | None = None,
 ) -> Tensor:

@@ -344,13 +344,10 @@ def ddcm_input(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     diffusion = models.require_diffusion("ddcm_input")
     scale = diffusion.scaling_factor
     z_q = hard_codes(models, x.mean, "ddcm_input")
-    refined = torch.cat(
-        [
-            sdedit_refine(diffusion, z[None] * scale, settings.refine_strength, settings.diffusion_steps,
-                          settings.guidance_scale, settings.refine_prompt, segment_seed(settings.seed, key))
-            for z, key in zip(z_q, x.keys)
-        ]
-    ) / scale
+    # One UNet batch for every segment of the chunk; each segment's noise has its own seed.
+    seeds = [segment_seed(settings.seed, key) for key in x.keys]
+    refined = sdedit_refine(diffusion, z_q * scale, settings.refine_strength, settings.diffusion_steps,
+                            settings.guidance_scale, settings.refine_prompt, seeds) / scale
     return Reconstruction(decode_and_vocode(models, refined, x.wav.shape[-1]), latent=refined)
 
 
@@ -384,15 +381,13 @@ def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     diffusion = models.require_diffusion("ddcm_noise")
     scale = diffusion.scaling_factor
     denoiser = diffusion.denoiser(settings.refine_prompt, settings.guidance_scale)
-    codes, outputs = [], []
-    for z in x.mean:
-        # fp32 whatever the run's precision: the bitstream header promises a float32 decoder.
-        with fp32_island(z.device):
-            indices, reconstruction = compress(denoiser, z[None].float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
-        codes.append(indices)
-        outputs.append(reconstruction)
-    latent = torch.cat(outputs).to(x.mean.dtype) / scale
-    return Reconstruction(decode_and_vocode(models, latent, x.wav.shape[-1]), latent=latent, codes=torch.cat(codes))
+    # One UNet batch for every segment of the chunk: items are coded independently (per-item argmax
+    # against the shared per-step codebooks). fp32 whatever the run's precision: the bitstream
+    # header promises a float32 decoder.
+    with fp32_island(x.mean.device):
+        codes, reconstruction = compress(denoiser, x.mean.float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
+    latent = reconstruction.to(x.mean.dtype) / scale
+    return Reconstruction(decode_and_vocode(models, latent, x.wav.shape[-1]), latent=latent, codes=codes)
 
 
 @register(
@@ -408,14 +403,9 @@ def text2audio(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     from .diffusion import text_to_audio_latent
 
     diffusion = models.require_diffusion("text2audio")
-    shape = (1, *x.mean.shape[1:])
-    latents = torch.cat(
-        [
-            text_to_audio_latent(diffusion, settings.prompt, settings.diffusion_steps, settings.guidance_scale,
-                                 segment_seed(settings.seed, key), shape)
-            for key in x.keys
-        ]
-    ) / diffusion.scaling_factor
+    seeds = [segment_seed(settings.seed, key) for key in x.keys]
+    latents = text_to_audio_latent(diffusion, settings.prompt, settings.diffusion_steps, settings.guidance_scale,
+                                   seeds, tuple(x.mean.shape)) / diffusion.scaling_factor
     return Reconstruction(decode_and_vocode(models, latents.to(x.mean.dtype), x.wav.shape[-1]))
 
 
