@@ -135,8 +135,7 @@ class VectorQuantizer(nn.Module):
     def __getstate__(self) -> dict:
         # A torch.Generator does not survive torch.multiprocessing's pickler (ddp_spawn sends the
         # model to every process; its state tensor fails to be shared): send the state as bytes.
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
+        state = dict(self.__dict__)
         state["_gen"] = self._gen.get_state().numpy().tobytes()
         return state
 

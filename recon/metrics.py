@@ -89,9 +89,11 @@ def _check_pair(reference: Tensor, estimate: Tensor) -> tuple[Tensor, Tensor]:
     return reference.float(), estimate.to(device=reference.device).float()
 
 
+# Windows and filterbanks are cached per device: metrics run inside the prediction step, where a
+# copy from the host per call would be a transfer per file.
 @functools.lru_cache(maxsize=None)
-def _hann(n: int) -> Tensor:
-    return torch.hann_window(n, periodic=True)
+def _hann(n: int, device: torch.device) -> Tensor:
+    return torch.hann_window(n, periodic=True, device=device)
 
 
 def _stft_mag(x: Tensor, n_fft: int, hop: int) -> Tensor:
@@ -101,7 +103,7 @@ def _stft_mag(x: Tensor, n_fft: int, hop: int) -> Tensor:
         n_fft=n_fft,
         hop_length=hop,
         win_length=n_fft,
-        window=_hann(n_fft).to(x.device),
+        window=_hann(n_fft, x.device),
         center=True,
         pad_mode="reflect",
         return_complex=True,
@@ -110,14 +112,14 @@ def _stft_mag(x: Tensor, n_fft: int, hop: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _librosa_mel(sr: int, n_fft: int, n_mels: int) -> Tensor:
+def _librosa_mel(sr: int, n_fft: int, n_mels: int, device: torch.device) -> Tensor:
     # DAC (audiotools ``get_mel_filters``): librosa slaney filters, fmin 0, fmax None (= sr / 2).
     # At 16 kHz none of DAC's 7 (window, n_mels) pairs has an empty filter; if one were empty its
     # mel value would be 0 -> clamp_eps on both sides -> it adds exactly 0, as in DAC.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Empty filters.*")
         fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=None)
-    return torch.from_numpy(fb).float()
+    return torch.from_numpy(fb).float().to(device)
 
 
 def _ratio_db(num: Tensor, den: Tensor) -> Tensor:
@@ -180,7 +182,7 @@ def multiscale_mel_distance(
         raise ValueError("window_lengths and n_mels must have the same length")
     total = torch.zeros(reference.shape[0], device=reference.device)
     for win, nm in zip(window_lengths, n_mels):
-        fb = _librosa_mel(sample_rate, int(win), int(nm)).to(reference.device)
+        fb = _librosa_mel(sample_rate, int(win), int(nm), reference.device)
         mel_ref = fb @ _stft_mag(reference, int(win), int(win) // 4)  # [B, mels, frames]
         mel_est = fb @ _stft_mag(estimate, int(win), int(win) // 4)
         if log_weight:
@@ -308,7 +310,7 @@ def high_frequency_retention(
     if not 0 < cutoff_hz < nyquist:
         raise ValueError(f"cutoff_hz must be in (0, {nyquist:g}) Hz at {sample_rate} Hz; nothing exists above {nyquist:g} Hz")
     n = reference.shape[-1]
-    freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate).to(reference.device)
+    freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate, device=reference.device)
     band = freqs > cutoff_hz
     p_ref = torch.fft.rfft(reference, dim=-1).abs().pow(2) / n
     p_est = torch.fft.rfft(estimate, dim=-1).abs().pow(2) / n

@@ -199,7 +199,6 @@ class VariantRunner(L.LightningModule):
         # Seconds per stage over the whole run on this rank (device-synchronised): encode, each
         # variant, metrics, and "assemble" (stitching, packing, copies to the host). Benchmarks read it.
         self.stage_seconds: dict[str, float] = defaultdict(float)
-        self._metrics_seconds = 0.0
 
     @property
     def models(self) -> Models:
@@ -318,6 +317,7 @@ class VariantRunner(L.LightningModule):
         for stage, spent in seconds.items():
             self.stage_seconds[stage] += spent
         t0 = time.perf_counter()
+        metrics_seconds = 0.0
         total = max(len(flat), 1)
         results = {item["index"]: FileResult(item["index"], item["relpath"], error=item["error"]) for item in batch}
         first = 0
@@ -346,11 +346,11 @@ class VariantRunner(L.LightningModule):
                     continue
                 if wav is not None:
                     stitched[name] = wav
-            self._file_metrics(item["wav"].float(), stitched, result)
+            metrics_seconds += self._file_metrics(item["wav"].float(), stitched, result)
         self._sync()
-        # Stitching, packing and copies to the host, less the metrics timed inside.
-        self.stage_seconds["assemble"] += time.perf_counter() - t0 - self._metrics_seconds
-        self._metrics_seconds = 0.0
+        self.stage_seconds["metrics"] += metrics_seconds
+        # Stitching, packing and copies to the host: the rest of this part.
+        self.stage_seconds["assemble"] += time.perf_counter() - t0 - metrics_seconds
         return [results[item["index"]] for item in batch]
 
     def _assemble(self, variant: Variant, parts: list[SegmentOutput], length: int, entry: VariantResult) -> Tensor | None:
@@ -366,9 +366,9 @@ class VariantRunner(L.LightningModule):
             entry.bitstream = variant.pack_codes(torch.stack([p.codes for p in parts]), self.settings, self.models)
         return wav
 
-    def _file_metrics(self, reference: Tensor, stitched: dict[str, Tensor], result: FileResult) -> None:
+    def _file_metrics(self, reference: Tensor, stitched: dict[str, Tensor], result: FileResult) -> float:
         """The torch metrics of every variant of one file, batched over the variants, on the device;
-        then the outputs that have them go to the host."""
+        then the outputs that have them go to the host. Returns the seconds the metrics took."""
         by_name = {entry.variant: entry for entry in result.variants}
         names = list(stitched)
 
@@ -388,11 +388,10 @@ class VariantRunner(L.LightningModule):
                 else:
                     entry.metrics = {k: v[r] for k, v in values.items()}
         spent = time.perf_counter() - t0
-        self.stage_seconds["metrics"] += spent
-        self._metrics_seconds += spent
         for name in names:
             if by_name[name].error is None:
                 by_name[name].wav = stitched[name].cpu().numpy()
+        return spent
 
 
 # ---------------------------------------------------------------------- the writer

@@ -43,8 +43,8 @@ class VariantInput:
     def select(self, rows: list[int]) -> "VariantInput":
         """The same input restricted to some segments (a retry of part of a batch)."""
         index = torch.tensor(rows, device=self.wav.device)
-        pick = lambda t: t.index_select(0, index)  # noqa: E731
-        return VariantInput(pick(self.wav), pick(self.logmel), pick(self.mean), pick(self.std), [self.keys[r] for r in rows])
+        wav, logmel, mean, std = (t.index_select(0, index) for t in (self.wav, self.logmel, self.mean, self.std))
+        return VariantInput(wav, logmel, mean, std, [self.keys[r] for r in rows])
 
 
 @dataclass
