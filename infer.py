@@ -10,24 +10,29 @@ input or any variant of an input failed (see errors.csv; the rest is written), 2
 
 from __future__ import annotations
 
-import argparse
-import csv
-import logging
-import os
-import sys
-from pathlib import Path
+import time
 
-import lightning as L
-import torch
-from torch.multiprocessing import ProcessRaisedException
+STARTED_AT = time.perf_counter()  # before the heavy imports, which summary.json counts as start-up
 
-from recon.audio import MelFrontEnd
-from recon.backbone import HUB_ID, FrozenAudioLDM2
-from recon.lit import load_codebook_trainer
-from recon.precision import SUPPORTED_PRECISIONS, check_precision
-from recon.report import log_to_wandb, write_html_report
-from recon.runner import InferenceFiles, ResultWriter, RunInfo, UsageError, VariantRunner, check_output, collate_files
-from recon.variants import VARIANTS, Models, VariantSettings, resolve
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from torch.multiprocessing import ProcessRaisedException  # noqa: E402
+
+from recon.audio import MelFrontEnd  # noqa: E402
+from recon.backbone import HUB_ID, FrozenAudioLDM2  # noqa: E402
+from recon.compile import COMPILE_MODES  # noqa: E402
+from recon.lit import load_codebook_trainer  # noqa: E402
+from recon.precision import SUPPORTED_PRECISIONS, check_precision  # noqa: E402
+from recon.report import log_to_wandb, write_html_report  # noqa: E402
+from recon.runner import InferenceFiles, ResultWriter, RunInfo, UsageError, VariantRunner, check_output, collate_files  # noqa: E402
+from recon.variants import VARIANTS, Models, VariantSettings, resolve  # noqa: E402
 
 log = logging.getLogger("recon.infer")
 
@@ -46,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (Lightning strategies)")
     p.add_argument("--precision", default="32-true", help=f"{', '.join(SUPPORTED_PRECISIONS)}: the networks run under autocast, the front-end, quantizer, filters and metrics stay float32 (default: %(default)s; Lightning runs 16-mixed as bf16-mixed on CPU)")
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the VAE, vocoder and UNet: worth it on a GPU for long runs; reduce-overhead adds CUDA graphs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=4, help="10.24 s segments per forward pass (and files per step)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
@@ -172,12 +178,12 @@ def run(args: argparse.Namespace) -> int:
                 models.diffusion.prompt_embeddings(prompt, settings.guidance_scale)
     run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite",)}
     run_settings["backbone_source"] = models.backbone.source
-    writer = ResultWriter(out, RunInfo(variants, run_settings, settings), models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite)
+    writer = ResultWriter(out, RunInfo(variants, run_settings, settings, started_at=STARTED_AT), models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite)
     trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):
         raise UsageError(f"{len(dataset)} input file(s) for {trainer.world_size} processes: use at most {len(dataset)} devices")
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_files)
-    runner = VariantRunner(models, variants, settings, segment_batch=args.batch_size)
+    runner = VariantRunner(models, variants, settings, segment_batch=args.batch_size, compile_mode=args.compile)
     trainer.predict(runner, loader, return_predictions=False)
     if not trainer.is_global_zero:
         return 0

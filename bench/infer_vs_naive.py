@@ -1,15 +1,16 @@
-"""How much the variant runner saves, and what it costs, on the full-size (random-weight) backbone.
+"""How much ``infer.py`` saves, and what it costs, on the full-size (random-weight) backbone.
 
-    python bench/infer_vs_naive.py                 # defaults: 2 clips, every non-diffusion variant
-    python bench/infer_vs_naive.py --clips 4 --ddp-clips 8 --long-seconds 180
+    python bench/infer_vs_naive.py                 # defaults: a 1 s and an 8 s clip; vae_mode, vae_sample, vae_mixed
+    python bench/infer_vs_naive.py --variants all --ddp-clips 8 --long-seconds 180
 
 Measured in one run, on this machine:
-1. runner vs naive: every variant on the same clips through ``VariantRunner`` + ``Trainer.predict``
-   (one backbone load, one encode per segment) against the loop the original scripts ran (load
-   the backbone, read the file, encode, run one variant, write; for every file x variant).
-   Both write the wavs and skip the metrics.
-2. runner overhead: runner time over the bare forwards it must do (one encode, each variant's
-   function) called in a plain loop.
+1. ``infer.py`` (a subprocess, metrics on, PESQ/STOI off) against the loop the original scripts
+   ran (load the backbone, read the file, encode, run one variant, write; for every file x
+   variant). The naive loop runs in this process; the imports a script of it would pay once are
+   measured in a fresh process and added. ``infer.py``'s start-up (process start to its first
+   batch) comes from its ``summary.json``.
+2. ``infer.py`` overhead: its time after start-up over the bare forwards it must do (one encode
+   per segment, each variant's function) called in a plain loop.
 3. ``infer.py`` on 2 DDP CPU processes vs 1 (``vae_mode`` only, ``--ddp-clips`` clips).
 4. ``--precision bf16-mixed`` vs fp32 (``vae_mode``): speed ratio and the log-mel difference (dB).
 5. Peak RSS of ``infer.py`` at batch 1 (``vae_mode``): a 10.24 s file vs a ``--long-seconds`` file.
@@ -27,35 +28,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import soundfile as sf
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recon.audio import MelFrontEnd, load_audio, normalise, split_segments  # noqa: E402
+from recon.audio import MelFrontEnd, load_audio, normalise, split_file, split_segments  # noqa: E402
 from recon.backbone import FrozenAudioLDM2, make_backbone_folder  # noqa: E402
 from recon.codebook import CodebookConfig, VectorQuantizer  # noqa: E402
 from recon.metrics import log_mel_distance_db  # noqa: E402
 from recon.files import write_wav  # noqa: E402
-from recon.runner import InferenceFiles, VariantRunner, collate_files, output_relpath  # noqa: E402
 from recon.variants import VARIANTS, Models, VariantInput, VariantSettings  # noqa: E402
 
 CLIPS = sorted((ROOT / "examples" / "audio").rglob("*.flac"))
-
-
-class WavOnlyWriter(BasePredictionWriter):
-    def __init__(self, out: Path):
-        super().__init__(write_interval="batch")
-        self.out = out
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        for result in prediction:
-            for out in result.variants:
-                write_wav(self.out / out.variant / output_relpath(result.relpath), out.wav, 16000)
 
 
 def make_models(source: str) -> Models:
@@ -66,22 +53,12 @@ def make_models(source: str) -> Models:
     return Models(backbone, MelFrontEnd(backbone.spec), quantizer)
 
 
-def run_runner(models: Models, variants, files: list[Path], out: Path) -> float:
-    dataset = InferenceFiles(files)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_files)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[WavOnlyWriter(out)],
-                        enable_progress_bar=False, enable_model_summary=False)
-    start = time.perf_counter()
-    trainer.predict(VariantRunner(models, variants, VariantSettings(), segment_batch=1), loader, return_predictions=False)
-    return time.perf_counter() - start
-
-
 def run_bare(models: Models, variants, files: list[Path]) -> float:
-    """The forwards alone: one encode per segment, then each variant's function."""
+    """The forwards alone: one encode per segment (cut as infer.py cuts them), then each variant's function."""
     total = 0.0
     with torch.no_grad():
         for path in files:
-            for i, wav in enumerate(split_segments(normalise(load_audio(path)))):
+            for i, wav in enumerate(split_file(normalise(load_audio(path)))):
                 start = time.perf_counter()
                 logmel = models.frontend(wav[None])
                 posterior = models.backbone.encode(logmel)
@@ -99,7 +76,7 @@ def run_naive(folder: str, variants, files: list[Path], out: Path) -> float:
         for variant in variants:
             models = make_models(folder)
             with torch.no_grad():
-                wav = split_segments(normalise(load_audio(path)))
+                wav = split_segments(normalise(load_audio(path)))  # padded to 10.24 s, as the scripts did
                 logmel = models.frontend(wav)
                 posterior = models.backbone.encode(logmel)
                 x = VariantInput(wav, logmel, posterior.mean, posterior.std, [f"{path.name}#{i}" for i in range(len(wav))])
@@ -108,20 +85,46 @@ def run_naive(folder: str, variants, files: list[Path], out: Path) -> float:
     return time.perf_counter() - start
 
 
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WANDB_SERVICE")}
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
 def run_infer(args: list[str]) -> float:
     """Wall seconds of an infer.py subprocess."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK", "NODE_RANK")}
-    env["HF_HUB_OFFLINE"] = "1"
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / "infer.py"), *args], env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(ROOT / "infer.py"), *args], env=_env(), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     return time.perf_counter() - start
 
 
+def import_seconds() -> float:
+    """What a fresh process pays to import what infer.py imports."""
+    code = "import time; t = time.perf_counter(); import infer; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def make_clips(folder: Path, seconds: list[float]) -> list[Path]:
+    """Clips of the given lengths cut from the example speech (longer ones first)."""
+    folder.mkdir(parents=True)
+    speech = sorted((ROOT / "examples" / "audio" / "speech").glob("*.flac"))
+    paths = []
+    for i, length in enumerate(seconds):
+        data, sr = sf.read(str(speech[i % len(speech)]), dtype="float32")
+        path = folder / f"clip{i}_{length:g}s.wav"
+        sf.write(str(path), np.resize(data, int(length * sr)), sr)
+        paths.append(path)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=int, default=2, help="clips for runner vs naive")
+    parser.add_argument("--clip-seconds", default="1,8", help="lengths of the clips for infer.py vs naive (default: %(default)s)")
+    parser.add_argument("--variants", default="vae_mode,vae_sample,vae_mixed", help="variants for infer.py vs naive, or 'all' (non-diffusion)")
+    parser.add_argument("--ckpt", help="codebook checkpoint for the codebook variants of --variants")
     parser.add_argument("--ddp-clips", type=int, default=8)
     parser.add_argument("--long-seconds", type=float, default=180.0)
     parser.add_argument("--size", default="full", choices=["full", "tiny"], help="random backbone size (tiny: a quick check of the script)")
@@ -130,18 +133,34 @@ def main() -> None:
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="recon-bench-"))
     folder = str(make_backbone_folder(args.size, tmp / f"backbone-{args.size}"))
-    variants = [v for v in VARIANTS.values() if "diffusion" not in v.requires]
-    files = [CLIPS[i % len(CLIPS)] for i in range(args.clips)]
+    names = [v.name for v in VARIANTS.values() if "diffusion" not in v.requires] if args.variants == "all" else args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}")
+    variants = [VARIANTS[name] for name in names]
+    files = make_clips(tmp / "clips", [float(s) for s in args.clip_seconds.split(",")])
     result: dict = {"bench": "infer_vs_naive", "backbone": f"{args.size} (random weights)", "threads": torch.get_num_threads(),
-                    "variants": [v.name for v in variants], "clips": len(files)}
+                    "loadavg_1m": os.getloadavg()[0], "variants": names, "clip_seconds": args.clip_seconds}
 
     models = make_models(folder)
-    result["runner_s"] = run_runner(models, variants, files, tmp / "runner")
+    infer_args = ["--backbone", folder, "--variants", ",".join(names), "--input", str(tmp / "clips"),
+                  "--output", str(tmp / "infer"), "--wandb", "off", "--no-perceptual", "--accelerator", "cpu"]
+    if any("codebook" in v.requires for v in variants):
+        if not args.ckpt:
+            parser.error("the codebook variants need --ckpt (a codebook trained on this backbone size)")
+        infer_args += ["--ckpt", args.ckpt]
+    result["infer_s"] = run_infer(infer_args)
+    timing = json.loads((tmp / "infer" / "summary.json").read_text())["timing"]
+    result["infer_startup_s"] = timing["startup_s"]
+    result["infer_after_startup_s"] = result["infer_s"] - timing["startup_s"]
+    result["infer_stage_s"] = timing["stage_s"]
     result["bare_forwards_s"] = run_bare(models, variants, files)
-    result["runner_over_bare"] = result["runner_s"] / result["bare_forwards_s"]
+    result["infer_after_startup_over_bare"] = result["infer_after_startup_s"] / result["bare_forwards_s"]
     if "naive" not in args.skip:
-        result["naive_s"] = run_naive(folder, variants, files, tmp / "naive")
-        result["naive_over_runner"] = result["naive_s"] / result["runner_s"]
+        result["naive_loop_s"] = run_naive(folder, variants, files, tmp / "naive")
+        result["imports_s"] = import_seconds()
+        result["naive_s"] = result["naive_loop_s"] + result["imports_s"]
+        result["naive_over_infer"] = result["naive_s"] / result["infer_s"]
 
     common = ["--backbone", folder, "--variants", "vae_mode", "--wandb", "off", "--no-perceptual", "--accelerator", "cpu", "--batch-size", "1"]
     ddp_in = tmp / "ddp_in"
@@ -181,15 +200,16 @@ def main() -> None:
                       peak_rss_long_over_short=peaks["long"] / peaks["short"])
 
     targets = {
-        "naive_over_runner >= 1.3": result.get("naive_over_runner", 0) >= 1.3,
-        "runner_over_bare <= 1.10": result["runner_over_bare"] <= 1.10,
+        "naive_over_infer >= 1.3": result.get("naive_over_infer", 0) >= 1.3,
+        "infer_after_startup_over_bare <= 1.10": result["infer_after_startup_over_bare"] <= 1.10,
+        "infer_startup_s <= 10": result["infer_startup_s"] <= 10.0,
         "ddp_speedup >= 1.6": result.get("ddp_speedup", 0) >= 1.6,
         "peak_rss <= 4 GiB": result.get("peak_rss_long_gib", 99) <= 4.0,
         "peak_rss flat (long/short <= 1.1)": result.get("peak_rss_long_over_short", 99) <= 1.1,
     }
     result["targets"] = targets
     for key, value in result.items():
-        if key != "targets":
+        if key not in ("targets", "infer_stage_s"):
             print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
     for key, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {key}")

@@ -436,8 +436,8 @@ def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = Audio
         "<h2>Summary per variant</h2>",
         _summary_table(summary, variants, metrics) if variants else "<p class=note>no variants</p>",
         "<h2>Audio and spectrograms</h2>",
-        f"<p class=small>Log-mel spectrograms (AudioLDM2 front-end, 64 mel bins 0-8 kHz, low frequencies at the bottom), "
-        f"fixed colour range ln(1e-5) .. ln(10) (-100 .. +20 dB) for every image. Audio is embedded as 16-bit PCM WAV.</p>",
+        "<p class=small>Log-mel spectrograms (AudioLDM2 front-end, 64 mel bins 0-8 kHz, low frequencies at the bottom), "
+        "fixed colour range ln(1e-5) .. ln(10) (-100 .. +20 dB) for every image. Audio is embedded as 16-bit PCM WAV.</p>",
     ]
     if len(files) > len(shown):
         parts.append(

@@ -47,7 +47,8 @@ from torch.utils.data import Dataset
 
 from . import files
 from . import metrics as M
-from .audio import AudioLoadError, AudioSpec, load_audio, normalise, split_segments
+from .compile import COMPILE_MODES, compile_networks
+from .audio import TAIL_FRAMES, AudioLoadError, AudioSpec, load_audio, normalise, split_file
 from .data import find_audio_files
 from .precision import fp32_island
 from .variants import Models, Variant, VariantInput, VariantSettings
@@ -184,7 +185,8 @@ def _is_out_of_memory(err: BaseException) -> bool:
 class VariantRunner(L.LightningModule):
     """Encodes each chunk of segments once and runs every requested variant on it."""
 
-    def __init__(self, models: Models, variants: list[Variant], settings: VariantSettings = VariantSettings(), segment_batch: int = 4):
+    def __init__(self, models: Models, variants: list[Variant], settings: VariantSettings = VariantSettings(), segment_batch: int = 4,
+                 compile_mode: str = "off", compile_backend: str = "inductor"):
         super().__init__()
         self.backbone = models.backbone
         self.frontend = models.frontend
@@ -195,6 +197,9 @@ class VariantRunner(L.LightningModule):
         self.variants = variants
         self.settings = settings
         self.segment_batch = segment_batch
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        self.compile_mode, self.compile_backend = compile_mode, compile_backend
         self._reported: set[str] = set()
         # Seconds per stage over the whole run on this rank (device-synchronised): encode, each
         # variant, metrics, and "assemble" (stitching, packing, copies to the host). Benchmarks read it.
@@ -203,6 +208,12 @@ class VariantRunner(L.LightningModule):
     @property
     def models(self) -> Models:
         return Models(self.backbone, self.frontend, self.quantizer, self.diffusion)
+
+    def setup(self, stage: str) -> None:
+        # In every process (after ddp_spawn pickled the model): compiled modules do not pickle.
+        compiled = compile_networks(self.models, self.compile_mode, self.compile_backend)
+        if compiled:
+            log.info("compiling %s (torch.compile mode %s): the first batch of each shape is slow", ", ".join(compiled), self.compile_mode)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -276,10 +287,12 @@ class VariantRunner(L.LightningModule):
     def _predict(self, batch: list[dict]) -> list[FileResult]:
         spec = self.backbone.spec
         ok = [item for item in batch if item["error"] is None]
-        segments = [split_segments(item["wav"], spec) for item in ok]
+        # Variants whose bitstream records one latent shape need every segment at full length.
+        tail_frames = None if any(v.full_segments for v in self.variants) else TAIL_FRAMES
+        segments = [split_file(item["wav"], spec, tail_frames) for item in ok]
         owner = [f for f, seg in enumerate(segments) for _ in range(len(seg))]  # segment -> position in ok
         keys = [f"{item['relpath']}#{i}" for item, seg in zip(ok, segments) for i in range(len(seg))]
-        flat = torch.cat(segments) if segments else torch.empty(0, spec.num_samples, device=self.device)
+        flat = [s for seg in segments for s in seg]
         outputs: dict[str, dict[int, SegmentOutput]] = {v.name: {} for v in self.variants}  # variant -> segment -> output
         failed: dict[tuple[int, str], str] = {}  # (file position, variant or "") -> reason
         seconds = defaultdict(float)
@@ -290,11 +303,16 @@ class VariantRunner(L.LightningModule):
                 grouped[owner[s]].append(s)
             return list(grouped.values())
 
-        for start in range(0, len(flat), self.segment_batch):
-            chunk = list(range(start, min(start + self.segment_batch, len(flat))))
+        # Segments of equal length share forward passes: full ones, then each length of last segment.
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for s, segment in enumerate(flat):
+            by_length[segment.shape[-1]].append(s)
+        chunks = [members[i : i + self.segment_batch] for _, members in sorted(by_length.items(), reverse=True)
+                  for i in range(0, len(members), self.segment_batch)]
+        for chunk in chunks:
             self._sync()
             t0 = time.perf_counter()
-            encoded = self._isolated("encode", lambda sel: self._encode(flat[sel], [keys[s] for s in sel]), by_file(chunk))
+            encoded = self._isolated("encode", lambda sel: self._encode(torch.stack([flat[s] for s in sel]), [keys[s] for s in sel]), by_file(chunk))
             self._sync()
             seconds["encode"] += time.perf_counter() - t0
             for members, x in encoded:
@@ -318,7 +336,7 @@ class VariantRunner(L.LightningModule):
             self.stage_seconds[stage] += spent
         t0 = time.perf_counter()
         metrics_seconds = 0.0
-        total = max(len(flat), 1)
+        total = max(sum(segment.shape[-1] for segment in flat), 1)
         results = {item["index"]: FileResult(item["index"], item["relpath"], error=item["error"]) for item in batch}
         first = 0
         for f, item in enumerate(ok):
@@ -329,7 +347,7 @@ class VariantRunner(L.LightningModule):
             if (f, "") in failed:
                 result.error = failed[(f, "")]
                 continue
-            share = len(members) / total
+            share = sum(flat[s].shape[-1] for s in members) / total
             stitched = {}
             for variant in self.variants:
                 name = variant.name
@@ -400,6 +418,7 @@ class RunInfo:
     variants: list[Variant]
     settings: dict  # free-form run settings, shown in summary.json and the report
     variant_settings: VariantSettings = field(default_factory=VariantSettings)
+    started_at: float | None = None  # time.perf_counter() at process start, for the start-up time in summary.json
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -453,6 +472,7 @@ class ResultWriter(BasePredictionWriter):
         self.fatal: str | None = None  # an unexpected failure of this rank's writing, raised at the end
         self._variants = {v.name: v for v in info.variants}
         self.write_seconds = 0.0  # time the writer thread spent writing files
+        self.first_batch_at: float | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Before any work, on every rank: the output folder is usable, and it is the same folder for all."""
@@ -481,7 +501,12 @@ class ResultWriter(BasePredictionWriter):
                 "rank 0 wrote there; put --output on a file system that every node mounts"
             )
         self.rows, self.errors, self.fatal = [], [], None
+        self.first_batch_at, self.write_seconds = None, 0.0
         self._start_thread(pl_module.device)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.first_batch_at is None:
+            self.first_batch_at = time.perf_counter()
 
     def _start_thread(self, device: torch.device | None = None) -> None:
         workers = self.perceptual_workers
@@ -614,7 +639,20 @@ class ResultWriter(BasePredictionWriter):
         if fatal:
             raise RuntimeError("; ".join(fatal))
         if trainer.is_global_zero:
-            finalize(self.out, self.info, [r for rows, _, _ in parts for r in rows], [e for _, errors, _ in parts for e in errors])
+            rows, errors = [r for rows, _, _ in parts for r in rows], [e for _, errors, _ in parts for e in errors]
+            finalize(self.out, self.info, rows, errors, self._timing(pl_module))
+
+    def _timing(self, pl_module) -> dict:
+        """Where rank 0's time went: start-up (process start to first batch), then the predict loop."""
+        now = time.perf_counter()
+        first = self.first_batch_at if self.first_batch_at is not None else now
+        stages = dict(getattr(pl_module, "stage_seconds", {}))
+        stages["write"] = self.write_seconds
+        return {
+            "startup_s": first - self.info.started_at if self.info.started_at is not None else None,
+            "predict_s": now - first,
+            "stage_s": {k: round(v, 4) for k, v in stages.items()},
+        }
 
 
 # ---------------------------------------------------------------------- results
@@ -652,7 +690,7 @@ def summarise(rows: list[dict], info: RunInfo) -> dict:
     return {"variants": variants, "run": info.settings}
 
 
-def finalize(out: Path, info: RunInfo, rows: list[dict], errors: list[dict]) -> dict:
+def finalize(out: Path, info: RunInfo, rows: list[dict], errors: list[dict], timing: dict | None = None) -> dict:
     """Write metrics.csv, errors.csv and summary.json from every rank's rows (global rank 0 only)."""
     order = [v.name for v in info.variants]
     rows = sorted(rows, key=lambda r: (r["file"], order.index(r["variant"])))
@@ -661,6 +699,8 @@ def finalize(out: Path, info: RunInfo, rows: list[dict], errors: list[dict]) -> 
     files.write_csv(out / "errors.csv", ERROR_COLUMNS, errors)
     summary = summarise(rows, info)
     summary["errors"] = len(errors)
+    if timing is not None:
+        summary["timing"] = timing
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     (out / RUN_MARKER).unlink(missing_ok=True)
     return summary

@@ -107,6 +107,9 @@ class Variant:
     # Codec variants: (codes of one file [segments, ...], settings, models) -> bytes, and a suffix.
     pack_codes: Callable[[Tensor, "VariantSettings", "Models"], bytes] | None = None
     codes_suffix: str = ""
+    # True when the variant needs every segment at full length (a bitstream that records one
+    # latent shape); otherwise a file's last segment is only as long as it needs to be.
+    full_segments: bool = False
 
     def bitrate(self, settings: VariantSettings) -> float | None:
         return self.bitrate_bps(settings) if callable(self.bitrate_bps) else self.bitrate_bps
@@ -370,6 +373,7 @@ def pack_ddcm(codes: Tensor, settings: VariantSettings, models: Models) -> bytes
     bitrate_bps=ddcm_bitrate_bps,
     pack_codes=pack_ddcm,
     codes_suffix=".ddcm",
+    full_segments=True,
 )
 def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
     """"DDCM Complete", as Ohayon et al. (ICML 2025) define it: a DDIM eta = 1 sampler whose noise at

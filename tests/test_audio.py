@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from recon.audio import AudioLoadError, AudioSpec, MelFrontEnd, load_audio, load_waveform, split_segments
+from recon.audio import AudioLoadError, AudioSpec, MelFrontEnd, load_audio, load_waveform, split_file, split_segments
 from tests.conftest import FRONTEND_REFERENCE, write_tone
 
 REFERENCES = ["chirp_16k_10s", "sine1k_22k_4s", "noise_and_tone_44k_stereo_3s", "clicks_8k_12s"]
@@ -119,6 +119,19 @@ def test_offset_and_uncropped_loading(tmp_path):
     assert segments.shape == (3, 163840) and segments[-1, 25 * 16000 - 2 * 163840 :].abs().max() == 0
     second = load_audio(path, offset=10.24, duration=10.24)
     torch.testing.assert_close(second, raw[163840 : 2 * 163840])
+
+
+@pytest.mark.parametrize(
+    "samples, lengths",
+    [(1, [20480]), (16000, [20480]), (20480, [20480]), (20481, [40960]), (163840, [163840]), (192000, [163840, 40960]), (0, [20480])],
+)
+def test_split_file_pads_the_last_segment_to_a_multiple_of_128_frames(samples, lengths):
+    wav = torch.randn(samples)
+    segments = split_file(wav)
+    assert [s.shape[-1] for s in segments] == lengths
+    joined = torch.cat(segments)
+    assert torch.equal(joined[:samples], wav) and joined[samples:].abs().sum() == 0
+    assert [s.shape[-1] for s in split_file(wav, tail_frames=None)] == [163840] * len(lengths)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import torch
 
 from recon import metrics as M
 from recon.runner import FileResult, InferenceFiles, ResultWriter, RunInfo, VariantResult, VariantRunner, collate_files
-from recon.variants import VARIANTS, Models, Reconstruction, Variant, VariantInput, VariantSettings, vae_mode
+from recon.variants import VARIANTS, Models, Reconstruction, Variant, VariantInput, VariantSettings, vae_mode, vae_sample
 from tests.conftest import write_tone
 
 SETTINGS = VariantSettings(griffinlim_iters=2)
@@ -84,6 +84,31 @@ def test_writer_refuses_device_tensors(tmp_path):
         with pytest.raises(RuntimeError, match="rank 0: writing batch 7 failed: TypeError"):
             writer.on_predict_end(None, None)
         assert writer._thread is None
+
+
+def test_last_segments_are_cut_to_their_length_and_batching_does_not_change_results(models, inputs, single_thread):
+    """A file's last segment is padded to a multiple of 1.28 s, not to 10.24 s: a 1 s file costs an
+    eighth of a segment. Segments of equal length share a forward pass, and a file's output is the
+    same whether it shares the pass or runs alone. A variant with full_segments sees 10.24 s only."""
+    seen = []
+
+    def recording(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+        seen.append((tuple(x.keys), x.wav.shape[-1], x.mean.shape[2]))
+        return vae_sample(x, models, settings)
+
+    variant = Variant("recording", recording, "vae_sample, recording what it is given")
+    files = InferenceFiles([inputs])
+    together = VariantRunner(models, [variant], SETTINGS, segment_batch=4).predict_step(collate_files([files[i] for i in range(3)]), 0)
+    # b (12 s) = one full segment + 1.76 s, padded to 2.56 s; a and c (1 s) padded to 1.28 s, together.
+    assert sorted(seen) == sorted([(("b.wav#0",), 163840, 256), (("b.wav#1",), 40960, 64), (("a.wav#0", "c.wav#0"), 20480, 32)])
+    for i, result in enumerate(together):
+        alone = VariantRunner(models, [variant], SETTINGS, segment_batch=1).predict_step(collate_files([files[i]]), 0)[0]
+        a, b = result.variants[0].wav, alone.variants[0].wav
+        assert a.shape == result.input_wav.shape and np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    seen.clear()
+    full = dataclasses.replace(variant, full_segments=True)
+    VariantRunner(models, [full], SETTINGS, segment_batch=4).predict_step(collate_files([files[i] for i in range(3)]), 0)
+    assert {length for _, length, _ in seen} == {163840} and sorted(k for keys, _, _ in seen for k in keys) == ["a.wav#0", "b.wav#0", "b.wav#1", "c.wav#0"]
 
 
 def fails_for_b(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
