@@ -28,7 +28,7 @@ from torch.multiprocessing import ProcessRaisedException  # noqa: E402
 from recon.audio import MelFrontEnd  # noqa: E402
 from recon.backbone import HUB_ID, FrozenAudioLDM2  # noqa: E402
 from recon.compile import COMPILE_MODES  # noqa: E402
-from recon.lit import load_codebook_trainer  # noqa: E402
+from recon.lit import load_inference_codebook  # noqa: E402
 from recon.precision import SUPPORTED_PRECISIONS, check_precision  # noqa: E402
 from recon.report import log_to_wandb, write_html_report  # noqa: E402
 from recon.runner import InferenceFiles, ResultWriter, RunInfo, UsageError, VariantRunner, check_output, collate_files  # noqa: E402
@@ -101,15 +101,7 @@ def spawned_usage_error(err: BaseException) -> str | None:
 
 def load_models(args: argparse.Namespace) -> Models:
     if args.ckpt:
-        if not Path(args.ckpt).is_file():
-            raise UsageError(f"no checkpoint at {args.ckpt}")
-        trainer_module = load_codebook_trainer(args.ckpt, backbone=args.backbone)
-        if trainer_module.hparams.scaled or trainer_module.hparams.adapters:
-            raise UsageError(
-                f"{args.ckpt} was trained with scaled={trainer_module.hparams.scaled}, adapters={trainer_module.hparams.adapters}; "
-                "the codebook variants quantize the raw posterior mean, so only codebooks trained with both off can be run"
-            )
-        backbone, quantizer = trainer_module.backbone, trainer_module.quantizer.eval()
+        backbone, quantizer = load_inference_codebook(args.ckpt, backbone=args.backbone)
     else:
         backbone, quantizer = FrozenAudioLDM2.from_source(args.backbone or HUB_ID), None
     diffusion = None

@@ -137,6 +137,11 @@ def normalise(wav: Tensor) -> Tensor:
     return 0.5 * wav / (wav.abs().amax(dim=-1, keepdim=True) + NORMALISE_EPS)
 
 
+def normalisation_gain(wav: Tensor) -> float:
+    """The factor that takes ``normalise(wav)`` back to ``wav``'s own level (DC aside)."""
+    return float((wav - wav.mean(dim=-1, keepdim=True)).abs().max() + NORMALISE_EPS) / 0.5
+
+
 def fit_length(wav: Tensor, num_samples: int) -> Tensor:
     """Crop or zero-pad the last axis to ``num_samples``."""
     if wav.shape[-1] >= num_samples:
@@ -181,6 +186,16 @@ def load_waveform(path: str | Path, spec: AudioSpec = AudioSpec(), *, mixdown: M
 TAIL_FRAMES = 128  # 1.28 s: a multiple of every downsampling in the VAE (4) and the diffusion UNet (8 x 4)
 
 
+def segment_lengths(num_samples: int, segment: int, quantum: int) -> list[int]:
+    """Samples spanned by each segment of a ``num_samples`` file: full ``segment``s, then the rest
+    zero-padded up to a multiple of ``quantum`` (at least one segment). Codec files store only
+    ``segment`` and ``quantum``: the layout follows from the length."""
+    if segment % quantum:
+        raise ValueError(f"a tail quantum of {quantum} samples must divide the {segment}-sample segment")
+    full, rest = divmod(num_samples, segment)
+    return [segment] * full + ([max(1, math.ceil(rest / quantum)) * quantum] if rest or not full else [])
+
+
 def split_file(wav: Tensor, spec: AudioSpec = AudioSpec(), tail_frames: int | None = TAIL_FRAMES) -> list[Tensor]:
     """Cut a ``[samples]`` waveform into full segments and a shorter last one.
 
@@ -191,13 +206,17 @@ def split_file(wav: Tensor, spec: AudioSpec = AudioSpec(), tail_frames: int | No
     """
     step = spec.num_samples
     quantum = step if tail_frames is None else tail_frames * spec.hop_length
-    if step % quantum:
-        raise ValueError(f"tail_frames={tail_frames} must divide the segment's {spec.num_frames} frames")
-    full, rest = divmod(wav.shape[-1], step)
-    segments = [wav[..., i * step : (i + 1) * step] for i in range(full)]
-    if rest or not segments:
-        segments.append(fit_length(wav[..., full * step :], max(1, math.ceil(rest / quantum)) * quantum))
-    return segments
+    lengths = segment_lengths(wav.shape[-1], step, quantum)
+    return [fit_length(wav[..., i * step : (i + 1) * step], length) for i, length in enumerate(lengths)]
+
+
+def length_chunks(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices of segments grouped into forward passes: equal lengths only, at most ``batch_size``
+    each, longest first, in input order within a length."""
+    by_length: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(i)
+    return [members[i : i + batch_size] for _, members in sorted(by_length.items(), reverse=True) for i in range(0, len(members), batch_size)]
 
 
 def split_segments(wav: Tensor, spec: AudioSpec = AudioSpec()) -> Tensor:

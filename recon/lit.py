@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -297,3 +298,20 @@ def load_codebook_trainer(ckpt_path: str, backbone: str | None = None, map_locat
     """Load a trained codebook with its backbone (the one recorded in the checkpoint unless overridden)."""
     overrides = {} if backbone is None else {"backbone": backbone}
     return CodebookTrainer.load_from_checkpoint(ckpt_path, map_location=map_location, **overrides).eval()
+
+
+def load_inference_codebook(ckpt_path: str, backbone: str | None = None):
+    """The frozen backbone and the quantizer of a checkpoint, for inference and the codecs.
+
+    Those quantize the raw posterior mean, so a codebook trained on scaled latents or with adapters
+    is refused with the reason.
+    """
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {ckpt_path}")
+    module = load_codebook_trainer(ckpt_path, backbone=backbone)
+    if module.hparams.scaled or module.hparams.adapters:
+        raise ValueError(
+            f"{ckpt_path} was trained with scaled={module.hparams.scaled}, adapters={module.hparams.adapters}; "
+            "the codebook variants and codecs quantize the raw posterior mean, so only codebooks trained with both off can be run"
+        )
+    return module.backbone, module.quantizer.eval()

@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 from . import files
 from . import metrics as M
 from .compile import COMPILE_MODES, compile_networks
-from .audio import TAIL_FRAMES, AudioLoadError, AudioSpec, load_audio, normalise, split_file
+from .audio import TAIL_FRAMES, AudioLoadError, AudioSpec, length_chunks, load_audio, normalisation_gain, normalise, split_file
 from .data import find_audio_files
 from .precision import fp32_island
 from .variants import Models, Variant, VariantInput, VariantSettings
@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.1
 METRIC_COLUMNS = (*M.WAVEFORM_METRICS, *M.PERCEPTUAL_METRICS, "latent_snr_db")
-ROW_COLUMNS = ("file", "variant", "duration_s", "seconds", *METRIC_COLUMNS, "bitrate_bps", "notes")
+# bitrate_bps: the variant's nominal rate; measured_bps: its written file's bytes x 8 / duration.
+ROW_COLUMNS = ("file", "variant", "duration_s", "seconds", *METRIC_COLUMNS, "bitrate_bps", "measured_bps", "notes")
 ERROR_COLUMNS = ("file", "variant", "reason")
 RESULT_NAMES = ("metrics.csv", "summary.json", "errors.csv", "report.html")
 # Written by global rank 0 at start-up; every rank must see it (a shared output folder).
@@ -78,8 +79,9 @@ def output_relpath(relpath: str) -> str:
 class InferenceFiles(Dataset):
     """Whole input files (normalised once, like AudioLDM2 does per clip), or the reason one failed.
 
-    Items: ``{"index", "relpath", "wav" [samples] | None, "error" str | None}``. A file that cannot be
-    read is an item with an error, so the other files go on.
+    Items: ``{"index", "relpath", "wav" [samples] | None, "level", "error" str | None}``, where
+    ``level`` is the factor that restores the file's own loudness (codec files record it). A file
+    that cannot be read is an item with an error, so the other files go on.
     """
 
     def __init__(self, inputs: list[str | Path], spec: AudioSpec = AudioSpec()):
@@ -105,12 +107,13 @@ class InferenceFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path, rel = self.items[index]
-        item = {"index": index, "relpath": rel, "path": str(path), "wav": None, "error": None}
+        item = {"index": index, "relpath": rel, "path": str(path), "wav": None, "level": 1.0, "error": None}
         try:
             wav = load_audio(path, self.spec)
             if wav.numel() < MIN_SECONDS * self.spec.sample_rate:
                 raise AudioLoadError(path, f"too short: {wav.numel() / self.spec.sample_rate:.3f} s < {MIN_SECONDS} s")
             item["wav"] = normalise(wav)
+            item["level"] = normalisation_gain(wav)
         except AudioLoadError as err:
             # Reported in errors.csv and on stderr by the writer; the other files go on.
             item["error"] = err.reason
@@ -304,11 +307,7 @@ class VariantRunner(L.LightningModule):
             return list(grouped.values())
 
         # Segments of equal length share forward passes: full ones, then each length of last segment.
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for s, segment in enumerate(flat):
-            by_length[segment.shape[-1]].append(s)
-        chunks = [members[i : i + self.segment_batch] for _, members in sorted(by_length.items(), reverse=True)
-                  for i in range(0, len(members), self.segment_batch)]
+        chunks = length_chunks([segment.shape[-1] for segment in flat], self.segment_batch)
         for chunk in chunks:
             self._sync()
             t0 = time.perf_counter()
@@ -357,7 +356,7 @@ class VariantRunner(L.LightningModule):
                     entry.error = failed[(f, name)]
                     continue
                 try:
-                    wav = self._assemble(variant, [outputs[name][s] for s in members], item["wav"].numel(), entry)
+                    wav = self._assemble(variant, [outputs[name][s] for s in members], item["wav"].numel(), entry, item.get("level", 1.0))
                 except Exception as err:  # stitching or packing this file's output
                     self._log_first(f"{name} output", err)
                     entry.error = describe_error(err)
@@ -371,7 +370,7 @@ class VariantRunner(L.LightningModule):
         self.stage_seconds["assemble"] += time.perf_counter() - t0 - metrics_seconds
         return [results[item["index"]] for item in batch]
 
-    def _assemble(self, variant: Variant, parts: list[SegmentOutput], length: int, entry: VariantResult) -> Tensor | None:
+    def _assemble(self, variant: Variant, parts: list[SegmentOutput], length: int, entry: VariantResult, level: float = 1.0) -> Tensor | None:
         """Stitch one file's segments, fill in the entry; None (with the reason) for non-finite audio."""
         wav = torch.cat([p.wav for p in parts]).float()[:length]
         if not torch.isfinite(wav).all():
@@ -381,7 +380,7 @@ class VariantRunner(L.LightningModule):
         entry.latent_snr_db = statistics.fmean(snr) if snr else None
         entry.notes = sorted({n for p in parts for n in p.notes})
         if variant.pack_codes is not None and all(p.codes is not None for p in parts):
-            entry.bitstream = variant.pack_codes(torch.stack([p.codes for p in parts]), self.settings, self.models)
+            entry.bitstream = variant.pack_codes([p.codes for p in parts], [p.wav.shape[-1] for p in parts], length, level, self.settings, self.models)
         return wav
 
     def _file_metrics(self, reference: Tensor, stitched: dict[str, Tensor], result: FileResult) -> float:
@@ -610,15 +609,17 @@ class ResultWriter(BasePredictionWriter):
         files.write_wav(target, out.wav, self.spec.sample_rate)
         if out.bitstream is not None:
             files.write_bytes(target.with_suffix(variant.codes_suffix), out.bitstream)
+        duration = result.input_wav.size / self.spec.sample_rate
         row = {
             "index": result.index,
             "file": result.relpath,
             "variant": out.variant,
-            "duration_s": result.input_wav.size / self.spec.sample_rate,
+            "duration_s": duration,
             "seconds": out.seconds,
             **out.metrics,
             "latent_snr_db": out.latent_snr_db,
             "bitrate_bps": variant.bitrate(self.info.variant_settings),
+            "measured_bps": len(out.bitstream) * 8 / duration if out.bitstream is not None and duration > 0 else None,
             "notes": "; ".join(out.notes),
         }
         if self.perceptual:
@@ -677,11 +678,15 @@ def summarise(rows: list[dict], info: RunInfo) -> dict:
         audio_seconds = sum(r["duration_s"] for r in mine)
         compute_seconds = sum(r["seconds"] for r in mine)
         bps = variant.bitrate(info.variant_settings)
+        coded = [r for r in mine if r.get("measured_bps") is not None]
+        coded_seconds = sum(r["duration_s"] for r in coded)
         variants[variant.name] = {
             "description": variant.description,
             "is_reconstruction": variant.is_reconstruction,
             "bitrate_bps": bps,
             "bitrate_label": bitrate_label(bps, variant.is_reconstruction),
+            # Every written file's bits over all their audio: headers and padding included.
+            "measured_bps": sum(r["measured_bps"] * r["duration_s"] for r in coded) / coded_seconds if coded_seconds > 0 else None,
             "files": len(mine),
             "seconds_per_clip": compute_seconds / len(mine) if mine else None,
             "real_time_factor": audio_seconds / compute_seconds if compute_seconds > 0 else None,

@@ -104,8 +104,9 @@ class Variant:
     is_reconstruction: bool = True
     bitrate_bps: float | Callable[[VariantSettings], float] | None = None  # None: not a bitstream
     uses_latent: bool = True
-    # Codec variants: (codes of one file [segments, ...], settings, models) -> bytes, and a suffix.
-    pack_codes: Callable[[Tensor, "VariantSettings", "Models"], bytes] | None = None
+    # Codec variants: (one file's per-segment codes, segment lengths in samples, the file's length,
+    # the gain that restores its level, settings, models) -> the bytes of its file, and its suffix.
+    pack_codes: Callable[[list[Tensor], list[int], int, float, "VariantSettings", "Models"], bytes] | None = None
     codes_suffix: str = ""
     # True when the variant needs every segment at full length (a bitstream that records one
     # latent shape); otherwise a file's last segment is only as long as it needs to be.
@@ -304,17 +305,31 @@ def ddcm_bitrate_bps(settings: VariantSettings) -> float:
     return settings.ddcm_bitrate_bps
 
 
+def pack_codebook(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models) -> bytes:
+    """One recon container per file (recon.codec): what ``recon decode`` reads."""
+    from .codec import codebook_container
+    from .container import dumps
+
+    quantizer = models.require_quantizer("codebook_hard")
+    container = codebook_container(codes, segments, num_samples, quantizer, models.backbone, level)
+    return dumps(container)
+
+
 @register(
     "codebook_hard",
     "nearest trained code per latent vector -> decode -> vocoder",
     requires=("codebook",),
     bitrate_bps=codebook_bitrate_bps,
+    pack_codes=pack_codebook,
+    codes_suffix=".recn",
 )
 def codebook_hard(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
     """"DDCM Final" as a codec: mode -> nearest code of the trained 1024x8 codebook -> decode.
-    10 bits per 8-dim vector at 400 vectors/s = 4.0 kbps."""
-    z_q = hard_codes(models, x.mean, "codebook_hard")
-    return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q)
+    10 bits per 8-dim vector at 400 vectors/s = 4.0 kbps; the indices are written as a recon file."""
+    quantizer = models.require_quantizer("codebook_hard")
+    indices = quantizer.quantize_indices(x.mean)
+    z_q = quantizer.decode_indices(indices).to(x.mean.dtype)
+    return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q, codes=indices)
 
 
 @register("codebook_soft", "softmax(-d/T)-weighted codes at the trained temperature (not a bitstream)", requires=("codebook",))
@@ -354,8 +369,8 @@ def ddcm_input(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     return Reconstruction(decode_and_vocode(models, refined, x.wav.shape[-1]), latent=refined)
 
 
-def pack_ddcm(codes: Tensor, settings: VariantSettings, models: Models) -> bytes:
-    """One bitstream per file: the segments are the batch of a recon.ddcm stream."""
+def pack_ddcm(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models) -> bytes:
+    """One bitstream per file: the segments (all full length) are the batch of a recon.ddcm stream."""
     from .ddcm import DDCMHeader, pack
 
     diffusion = models.require_diffusion("ddcm_noise")
@@ -363,7 +378,7 @@ def pack_ddcm(codes: Tensor, settings: VariantSettings, models: Models) -> bytes
         steps=settings.ddcm_steps, K=settings.ddcm_k, seed=settings.seed, shape=models.backbone.latent_shape(),
         dtype="float32", device=diffusion.device.type, model_id=diffusion.source,
     )
-    return pack(codes, header)
+    return pack(torch.stack(codes), header)
 
 
 @register(

@@ -84,6 +84,22 @@ def test_infer_full_size_backbone_bf16_matches_fp32(tmp_path, inputs):
         assert abs(results["bf16-mixed"][key] - value) <= tolerance, key
 
 
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_networks_match_eager_on_cuda(tmp_path, inputs, tiny_pipeline, mode):
+    """--compile (Inductor; reduce-overhead adds CUDA graphs) on every network, diffusion included:
+    the outputs stay those of the eager run in log-mel terms, through shapes that change (tails)."""
+    args = ["--ckpt", str(DEMO_CKPT), "--diffusion", str(tiny_pipeline), "--input", str(inputs), "--batch-size", "2",
+            "--variants", "vae_mode,vocoder_only,codebook_hard,ddcm_input", "--diffusion-steps", "3"]
+    results = {}
+    for name in ("off", mode):
+        out = tmp_path / name
+        assert run_infer([*args, "--output", str(out), "--compile", name]) == 0
+        results[name] = {(r["file"], r["variant"]): float(r["log_mel_db"]) for r in read_csv(out / "metrics.csv")}
+    assert results["off"].keys() == results[mode].keys()
+    for key, value in results["off"].items():
+        assert abs(results[mode][key] - value) <= 0.05, key
+
+
 def run_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK", "WANDB_SERVICE")}
     env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))

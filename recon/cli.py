@@ -1,0 +1,210 @@
+"""``recon``: compress audio to files and decode them back.
+
+    recon encode --ckpt CKPT IN... --out DIR          # one DIR/<name>.recn per input file
+    recon decode FILE... --ckpt CKPT --out DIR       # one DIR/<name>.wav per .recn file
+    recon info FILE...                               # header, size and measured bitrate
+
+A file decodes from itself and the named model alone; decoding refuses a model whose weights differ
+from those the file was encoded with. A bad input costs one line on stderr and the other inputs go
+on (exit status 1); an existing output is kept unless ``--overwrite`` (exit status 2 for a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import files
+from .audio import MelFrontEnd, length_chunks, split_file
+from .codec import CODECS, codebook_container, decode_container
+from .container import SUFFIX, ContainerError, dumps, loads
+
+log = logging.getLogger("recon.cli")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    return device
+
+
+def _load(args) -> tuple:
+    from .lit import load_inference_codebook
+
+    backbone, quantizer = load_inference_codebook(args.ckpt, backbone=args.backbone)
+    device = _device(args.device)
+    return backbone.to(device), quantizer.to(device), device
+
+
+def _report(failures: list[str], done: int, what: str, out: Path) -> int:
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    print(f"{what} {done} file(s) into {out}/" + (f"; {len(failures)} failed" if failures else ""))
+    return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------- encode
+def encode(args) -> int:
+    from .runner import InferenceFiles, output_relpath
+
+    backbone, quantizer, device = _load(args)
+    frontend = MelFrontEnd(backbone.spec).to(device)
+    dataset = InferenceFiles(args.inputs, backbone.spec)
+    if len(dataset) == 0:
+        raise ValueError(f"no audio files found in {' '.join(args.inputs)}")
+    out = Path(args.out)
+    failures, done = [], 0
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=list)
+    with tqdm(total=len(dataset), unit="file", desc="encode", disable=args.quiet) as progress:
+        for batch in loader:
+            todo = []
+            for item in batch:
+                target = out / Path(output_relpath(item["relpath"])).with_suffix(SUFFIX)
+                if item["error"] is not None:
+                    failures.append(f"{item['relpath']}: {item['error']}")
+                elif target.exists() and not args.overwrite:
+                    failures.append(f"{item['relpath']}: {target} exists; pass --overwrite to replace it")
+                else:
+                    todo.append((item, target))
+            try:
+                containers = _encode_batch([item for item, _ in todo], backbone, frontend, quantizer, device, args.batch_size)
+            except Exception as err:  # one batch's failure is its files' failure; the rest go on
+                failures += [f"{item['relpath']}: encoding failed: {' '.join(str(err).split())}" for item, _ in todo]
+                containers = []
+            for (item, target), container in zip(todo, containers):
+                try:
+                    files.write_bytes(target, dumps(container))
+                    done += 1
+                except OSError as err:
+                    failures.append(f"{item['relpath']}: cannot write {target}: {err.strerror or err}")
+            progress.update(len(batch))
+    return _report(failures, done, "encoded", out)
+
+
+@torch.no_grad()
+def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int) -> list:
+    """Containers of some files, their segments batched across files by length (as infer.py does)."""
+    segments = [split_file(item["wav"], backbone.spec) for item in items]
+    flat = [s for seg in segments for s in seg]
+    codes: list = [None] * len(flat)
+    for chunk in length_chunks([s.shape[-1] for s in flat], batch_size):
+        wav = torch.stack([flat[i] for i in chunk]).to(device)
+        indices = quantizer.quantize_indices(backbone.encode(frontend(wav)).mean.float())
+        for i, index in zip(chunk, indices.cpu()):
+            codes[i] = index
+    containers, first = [], 0
+    for item, seg in zip(items, segments):
+        mine = codes[first : first + len(seg)]
+        first += len(seg)
+        containers.append(codebook_container(mine, [s.shape[-1] for s in seg], item["wav"].numel(), quantizer, backbone, item["level"]))
+    return containers
+
+
+# ---------------------------------------------------------------------- decode
+def _recn_files(inputs: list[str]) -> list[tuple[Path, str]]:
+    found = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            found += [(p, p.relative_to(entry).as_posix()) for p in sorted(entry.rglob(f"*{SUFFIX}"))]
+        elif entry.is_file():
+            found.append((entry, entry.name))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {entry}")
+    return found
+
+
+def decode(args) -> int:
+    inputs = _recn_files(args.inputs)
+    if not inputs:
+        raise ValueError(f"no {SUFFIX} files found in {' '.join(args.inputs)}")
+    backbone, quantizer, device = _load(args)
+    out = Path(args.out)
+    failures, done = [], 0
+    for path, rel in tqdm(inputs, unit="file", desc="decode", disable=args.quiet):
+        target = out / Path(rel).with_suffix(".wav")
+        if target.exists() and not args.overwrite:
+            failures.append(f"{rel}: {target} exists; pass --overwrite to replace it")
+            continue
+        try:
+            container = loads(path.read_bytes())
+            wav = decode_container(container, quantizer, backbone, path=rel, batch_size=args.batch_size)
+        except (ContainerError, ValueError, OSError) as err:  # ModelMismatch is a ValueError
+            failures.append(f"{rel}: {' '.join(str(err).split()).removeprefix(rel + ': ')}")
+            continue
+        if not args.normalised:
+            wav = wav * container.header["level"]
+        try:
+            files.write_wav(target, wav.cpu().numpy(), container.header["sample_rate"])
+            done += 1
+        except OSError as err:
+            failures.append(f"{rel}: cannot write {target}: {err.strerror or err}")
+    return _report(failures, done, "decoded", out)
+
+
+# ---------------------------------------------------------------------- info
+def info(args) -> int:
+    failures = []
+    for path, rel in _recn_files(args.inputs):
+        try:
+            data = path.read_bytes()
+            container = loads(data)
+        except (ContainerError, OSError) as err:
+            failures.append(f"{rel}: {err}")
+            continue
+        header = dict(container.header, bytes=len(data), measured_bps=len(data) * 8 / container.duration)
+        print(json.dumps({"file": rel, **header}))
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------- command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="recon", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p):
+        p.add_argument("--ckpt", required=True, help="trained codebook checkpoint (train.py); it names its backbone")
+        p.add_argument("--backbone", help="backbone source overriding the checkpoint's (a folder, hub id or random:tiny|full)")
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default: %(default)s)")
+        p.add_argument("--batch-size", type=int, default=4, help="segments per forward pass (default: %(default)s)")
+        p.add_argument("--out", required=True, help="output folder; input folders keep their layout inside it")
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    enc = sub.add_parser("encode", help="audio files -> .recn files", description="Compress audio files (or folders of them) to .recn files.")
+    enc.add_argument("inputs", nargs="+", metavar="IN", help="audio files and/or folders (searched recursively)")
+    enc.add_argument("--codec", default="codebook", choices=CODECS, help="codebook: the nearest trained code per latent vector, log2 K bits each")
+    enc.add_argument("--num-workers", type=int, default=0, help="audio loading workers")
+    model_options(enc)
+    dec = sub.add_parser("decode", help=".recn files -> wav files", description="Decode .recn files (or folders of them) to 16 kHz wav.")
+    dec.add_argument("inputs", nargs="+", metavar="FILE", help=".recn files and/or folders (searched recursively)")
+    dec.add_argument("--normalised", action="store_true", help="keep the model's peak-normalised level instead of the input's own loudness")
+    model_options(dec)
+    inf = sub.add_parser("info", help="print the header, size and measured bitrate of .recn files")
+    inf.add_argument("inputs", nargs="+", metavar="FILE")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"encode": encode, "decode": decode, "info": info}[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

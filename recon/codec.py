@@ -1,0 +1,177 @@
+"""Codecs over the backbone's latent: audio -> a recon container -> audio.
+
+``recon encode`` / ``recon decode`` (recon.cli) and ``infer.py``'s codec variants write and read
+the same files through these functions. A file holds everything decoding needs besides the model,
+and fingerprints of the weights it must be decoded with:
+
+* ``codebook``: the nearest code of the trained codebook per latent vector, ``log2 K`` bits each.
+
+Fingerprints hash the weights themselves (float32 bytes), so a renamed or copied checkpoint still
+matches and a retrained one does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import weakref
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .audio import TAIL_FRAMES, length_chunks, segment_lengths
+from .container import Container
+
+CODECS = ("codebook",)
+
+
+class ModelMismatch(ValueError):
+    """A file encoded with other weights than the model it is being decoded with."""
+
+
+# ---------------------------------------------------------------------- fingerprints
+_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, dict[str, str]]" = weakref.WeakKeyDictionary()
+
+
+def tensors_fingerprint(named: Iterable[tuple[str, Tensor]]) -> str:
+    h = hashlib.sha256()
+    for name, tensor in named:
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _memo(module: nn.Module, key: str, compute) -> str:
+    # Frozen weights: hashed once per module and run (the full-size decoder and vocoder are ~0.5 GB).
+    cache = _FINGERPRINTS.setdefault(module, {})
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def decoder_fingerprint(backbone) -> str:
+    """The weights that turn a latent into audio: VAE decoder side and vocoder, with the audio spec."""
+
+    def compute() -> str:
+        vae = [(f"vae.{k}", v) for k, v in backbone.vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))]
+        vocoder = [(f"vocoder.{k}", v) for k, v in backbone.vocoder.state_dict().items()]
+        spec = [("spec", torch.tensor([backbone.spec.sample_rate, backbone.spec.hop_length, backbone.spec.n_mels], dtype=torch.float32))]
+        return tensors_fingerprint(spec + vae + vocoder)
+
+    return _memo(backbone, "decoder", compute)
+
+
+def codebook_fingerprint(quantizer) -> str:
+    return _memo(quantizer, "codebook", lambda: tensors_fingerprint([("codebook", quantizer.codebook)]))
+
+
+def check_model(container: Container, expected: dict[str, str], path: str = "") -> None:
+    """Refuse to decode with weights other than those the file was encoded with, naming both."""
+    recorded = container.header["model"]
+    wrong = [f"{name} {recorded.get(name)} in the file vs {value} given" for name, value in expected.items() if recorded.get(name) != value]
+    if wrong:
+        raise ModelMismatch(f"{path + ': ' if path else ''}encoded with other weights ({'; '.join(wrong)})")
+
+
+# ---------------------------------------------------------------------- fixed-width index packing
+def pack_indices(indices: np.ndarray, bits: int) -> bytes:
+    """Unsigned integers at ``bits`` bits each, most significant bit first, zero-padded to a byte."""
+    values = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if values.size and (values.min() < 0 or values.max() >= 1 << bits):
+        raise ValueError(f"indices must lie in [0, {1 << bits})")
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)
+    return np.packbits(((values[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1)).tobytes()
+
+
+def unpack_indices(data: bytes, bits: int, count: int) -> np.ndarray:
+    needed = math.ceil(count * bits / 8)
+    if len(data) != needed:
+        raise ValueError(f"payload of {len(data)} bytes; {count} indices of {bits} bits need {needed}")
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits].reshape(count, bits).astype(np.int64)
+    return flat @ (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------- the codebook codec
+def latent_grid(backbone, segment_samples: int) -> tuple[int, int]:
+    """(time, freq) latent vectors of a segment of ``segment_samples`` samples."""
+    frames = segment_samples // backbone.spec.hop_length
+    return frames // backbone.downsample_factor, backbone.spec.n_mels // backbone.downsample_factor
+
+
+def layout_of(backbone) -> list[int]:
+    """``[segment, quantum]`` samples: how recon cuts a file (recon.audio.split_file)."""
+    return [backbone.spec.num_samples, TAIL_FRAMES * backbone.spec.hop_length]
+
+
+def segments_of(container: Container) -> list[int]:
+    return segment_lengths(container.header["num_samples"], *container.header["layout"])
+
+
+def codebook_container(codes: list[Tensor], segments: list[int], num_samples: int, quantizer, backbone, level: float = 1.0) -> Container:
+    """A file of per-segment code indices ``codes[i] [time, freq]`` of segments ``segments[i]`` samples
+    long; ``level`` restores the input's loudness (the model sees peak-normalised audio)."""
+    layout = layout_of(backbone)
+    if segment_lengths(num_samples, *layout) != list(segments):
+        raise ValueError(f"segments {segments} are not recon's layout {layout} of {num_samples} samples")
+    for code, length in zip(codes, segments, strict=True):
+        if tuple(code.shape) != latent_grid(backbone, length):
+            raise ValueError(f"codes of shape {tuple(code.shape)} for a segment of {length} samples")
+    bits = math.ceil(math.log2(quantizer.cfg.num_codes))
+    payload = pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits)
+    header = {
+        "codec": "codebook",
+        "sample_rate": backbone.spec.sample_rate,
+        "num_samples": int(num_samples),
+        "layout": layout,
+        "level": float(f"{level:.6g}"),
+        "model": {"codebook": codebook_fingerprint(quantizer), "decoder": decoder_fingerprint(backbone)},
+        "codes": int(quantizer.cfg.num_codes),
+        "bits_per_index": bits,
+    }
+    return Container(header, payload)
+
+
+def codebook_codes(container: Container, backbone) -> list[Tensor]:
+    """The per-segment index grids of a ``codebook`` file."""
+    header = container.header
+    grids = [latent_grid(backbone, length) for length in segments_of(container)]
+    counts = [t * f for t, f in grids]
+    flat = torch.from_numpy(unpack_indices(container.payload, header["bits_per_index"], sum(counts)))
+    if flat.numel() and int(flat.max()) >= header["codes"]:
+        raise ValueError(f"index {int(flat.max())} outside a codebook of {header['codes']}")
+    return [part.reshape(grid) for part, grid in zip(torch.split(flat, counts), grids)]
+
+
+@torch.no_grad()
+def decode_segments(latents: list[Tensor], segments: list[int], num_samples: int, backbone, batch_size: int = 4) -> Tensor:
+    """Decode and vocode per-segment latents ``[8, time, freq]``; segments of equal length share a
+    forward pass (as in infer.py). Returns the waveform ``[num_samples]`` on the backbone's device."""
+    device = next(backbone.parameters()).device
+    wav: list[Tensor | None] = [None] * len(latents)
+    for chunk in length_chunks(segments, batch_size):
+        z = torch.stack([latents[i] for i in chunk]).to(device)
+        for i, w in zip(chunk, backbone.vocode(backbone.decode(z), segments[chunk[0]]).float()):
+            wav[i] = w
+    return torch.cat(wav)[:num_samples]
+
+
+def expected_model(codec: str, quantizer, backbone) -> dict[str, str]:
+    if codec == "codebook":
+        return {"codebook": codebook_fingerprint(quantizer), "decoder": decoder_fingerprint(backbone)}
+    raise ValueError(f"unknown codec {codec!r}")
+
+
+def decode_container(container: Container, quantizer, backbone, path: str = "", batch_size: int = 4) -> Tensor:
+    """A file's waveform ``[num_samples]`` (float32, on the backbone's device), after checking the model."""
+    if container.codec not in CODECS:
+        raise ValueError(f"{path + ': ' if path else ''}codec {container.codec!r} is not one of {', '.join(CODECS)}")
+    if container.header["sample_rate"] != backbone.spec.sample_rate:
+        raise ModelMismatch(f"{path + ': ' if path else ''}file at {container.header['sample_rate']} Hz, model at {backbone.spec.sample_rate} Hz")
+    check_model(container, expected_model(container.codec, quantizer, backbone), path)
+    codes = codebook_codes(container, backbone)
+    device = next(backbone.parameters()).device
+    latents = [quantizer.decode_indices(c[None].to(device))[0] for c in codes]
+    return decode_segments(latents, segments_of(container), container.header["num_samples"], backbone, batch_size)

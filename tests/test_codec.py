@@ -1,0 +1,172 @@
+"""The codebook codec: one container format, ``recon encode`` / ``recon decode``, and infer.py's
+``codebook_hard`` writing the same files. A file decodes from itself and the named model alone."""
+
+from __future__ import annotations
+
+import csv
+import re
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import infer
+from recon import cli
+from recon.audio import load_audio
+from recon.codec import decode_container, pack_indices, unpack_indices
+from recon.container import Container, ContainerError, dumps, loads
+from recon.lit import load_inference_codebook
+from tests.conftest import write_tone
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CKPT = ROOT / "checkpoints" / "demo" / "codebook-tiny.ckpt"
+HEADER = {"codec": "codebook", "sample_rate": 16000, "num_samples": 10, "layout": [163840, 20480], "level": 1.0, "model": {"codebook": "ab"}}
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8, 10, 12])
+def test_indices_pack_at_their_width_and_unpack_exactly(bits):
+    rng = np.random.default_rng(bits)
+    for count in (0, 1, 7, 4097):
+        values = rng.integers(0, 1 << bits, count)
+        data = pack_indices(values, bits)
+        assert len(data) == -(-count * bits // 8)
+        np.testing.assert_array_equal(unpack_indices(data, bits, count), values)
+    with pytest.raises(ValueError, match="must lie in"):
+        pack_indices(np.array([1 << bits]), bits)
+
+
+def test_container_round_trip_and_one_line_errors():
+    data = dumps(Container(HEADER, b"\x01\x02\x03"))
+    assert loads(data) == Container(HEADER, b"\x01\x02\x03")
+    corrupt = bytearray(data)
+    corrupt[-6] ^= 0xFF  # a payload byte
+    cases = {
+        b"RIFF....WAVEfmt ": "not a recon file",
+        b"": "not a recon file",
+        data[:3]: "not a recon file",
+        data[:10]: "truncated",
+        data[:-1]: "truncated",
+        data[:-8]: "truncated",
+        bytes(corrupt): "corrupt recon file (CRC mismatch)",
+        data + b"\x00": "unexpected trailing bytes",
+        data[:4] + b"\x09\x00" + data[6:]: "format version 9",
+    }
+    for bad, reason in cases.items():
+        with pytest.raises(ContainerError, match=re.escape(reason)) as err:
+            loads(bad)
+        assert "\n" not in str(err.value)
+    # A well-formed file whose header lacks what decoding needs (CRC recomputed).
+    body = dumps(Container(HEADER, b""))[:-4].replace(b'"level":1.0,', b'"levex":1.0,')
+    with pytest.raises(ContainerError, match="lacks level"):
+        loads(body + zlib.crc32(body).to_bytes(4, "little"))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("in")
+    write_tone(root / "short.wav", 1.0, freq=220)
+    write_tone(root / "nested" / "long.wav", 12.0, freq=440)  # a full segment and a 2.56 s tail
+    return root
+
+
+@pytest.fixture(scope="module")
+def infer_run(inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("infer") / "out"
+    assert infer.main(["--ckpt", str(DEMO_CKPT), "--input", str(inputs), "--output", str(out), "--variants", "codebook_hard,vae_mode",
+                       "--wandb", "off", "--no-perceptual", "--accelerator", "cpu"]) == 0
+    return out
+
+
+def read_rows(out: Path) -> list[dict]:
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_infer_writes_recn_files_with_their_measured_rate(infer_run):
+    rows = {(r["file"], r["variant"]): r for r in read_rows(infer_run)}
+    for rel, seconds in (("short.wav", 1.0), ("nested/long.wav", 12.0)):
+        path = infer_run / "codebook_hard" / Path(rel).with_suffix(".recn")
+        row = rows[(rel, "codebook_hard")]
+        assert float(row["measured_bps"]) == pytest.approx(path.stat().st_size * 8 / seconds)
+        assert float(row["bitrate_bps"]) == 4000 and rows[(rel, "vae_mode")]["measured_bps"] == ""
+        # 10 bits per latent vector of the segments as cut (1.28 s for 1 s; 10.24 + 2.56 s for 12 s),
+        # not of whole 10.24 s segments; the header and framing are what remains.
+        vectors = 32 * 16 if seconds == 1.0 else (256 + 64) * 16
+        payload = len(loads(path.read_bytes()).payload)
+        assert payload == vectors * 10 // 8 and path.stat().st_size - payload <= 250
+    summary = json.loads((infer_run / "summary.json").read_text())["variants"]
+    assert summary["codebook_hard"]["measured_bps"] == pytest.approx(
+        sum((infer_run / "codebook_hard" / p).stat().st_size for p in ("short.recn", "nested/long.recn")) * 8 / 13.0)
+    assert summary["vae_mode"]["measured_bps"] is None
+
+
+def test_decoding_infers_file_reproduces_its_output(infer_run):
+    backbone, quantizer = load_inference_codebook(str(DEMO_CKPT))
+    for rel in ("short", "nested/long"):
+        container = loads((infer_run / "codebook_hard" / f"{rel}.recn").read_bytes())
+        decoded = decode_container(container, quantizer, backbone).numpy()
+        written, _ = sf.read(str(infer_run / "codebook_hard" / f"{rel}.wav"), dtype="float32")
+        # The wav is 16-bit PCM: one quantisation step is 3e-5.
+        assert decoded.shape == written.shape and np.abs(decoded - written).max() <= 1e-4
+
+
+def test_encode_then_decode_on_the_command_line(infer_run, inputs, tmp_path, capsys):
+    coded, decoded = tmp_path / "coded", tmp_path / "decoded"
+    assert cli.main(["encode", str(inputs), "--ckpt", str(DEMO_CKPT), "--out", str(coded), "--device", "cpu", "--quiet"]) == 0
+    for rel in ("short.recn", "nested/long.recn"):
+        ours, theirs = loads((coded / rel).read_bytes()), loads((infer_run / "codebook_hard" / rel).read_bytes())
+        assert ours.payload == theirs.payload and ours.header == theirs.header
+    assert cli.main(["decode", str(coded), "--ckpt", str(DEMO_CKPT), "--out", str(decoded), "--device", "cpu", "--quiet"]) == 0
+    for rel in ("short", "nested/long"):
+        wav, _ = sf.read(str(decoded / f"{rel}.wav"), dtype="float32")
+        level = loads((coded / f"{rel}.recn").read_bytes()).header["level"]
+        reference, _ = sf.read(str(infer_run / "codebook_hard" / f"{rel}.wav"), dtype="float32")
+        # Decoded at the input's own loudness: infer.py's (peak-normalised) output times the level.
+        np.testing.assert_allclose(wav, reference * level, atol=1e-4 * max(level, 1.0))
+    raw = load_audio(inputs / "short.wav")
+    assert loads((coded / "short.recn").read_bytes()).header["level"] == pytest.approx(float((raw - raw.mean()).abs().max()) / 0.5, rel=1e-4)
+    capsys.readouterr()
+    assert cli.main(["info", str(coded / "short.recn")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["codec"] == "codebook" and info["measured_bps"] == pytest.approx((coded / "short.recn").stat().st_size * 8)
+
+
+def test_bad_files_and_a_model_mismatch_cost_one_line_each(infer_run, inputs, tmp_path, capsys):
+    files = tmp_path / "files"
+    files.mkdir()
+    good = (infer_run / "codebook_hard" / "short.recn").read_bytes()
+    (files / "good.recn").write_bytes(good)
+    (files / "truncated.recn").write_bytes(good[:-20])
+    (files / "foreign.recn").write_bytes((inputs / "short.wav").read_bytes())
+    corrupt = bytearray(good)
+    corrupt[len(corrupt) // 2] ^= 0x10
+    (files / "corrupt.recn").write_bytes(bytes(corrupt))
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "good.wav").write_bytes(b"keep me")
+    capsys.readouterr()
+    code = cli.main(["decode", str(files), "--ckpt", str(DEMO_CKPT), "--out", str(out), "--device", "cpu", "--quiet"])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and (out / "good.wav").read_bytes() == b"keep me"
+    assert sorted(errors) == [
+        "error: corrupt.recn: corrupt recon file (CRC mismatch)",
+        "error: foreign.recn: not a recon file (no RECN magic)",
+        f"error: good.recn: {out / 'good.wav'} exists; pass --overwrite to replace it",
+        f"error: truncated.recn: truncated recon file ({len(good) - 20} of {len(good)} bytes)",
+    ]
+    # Another codebook (same backbone): refused, naming both fingerprints.
+    other = torch.load(DEMO_CKPT, weights_only=False, map_location="cpu")
+    other["state_dict"]["quantizer.codebook"] = other["state_dict"]["quantizer.codebook"] + 0.01
+    torch.save(other, tmp_path / "other.ckpt")
+    code = cli.main(["decode", str(files / "good.recn"), "--ckpt", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "o2"), "--quiet"])
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    recorded = loads(good).header["model"]["codebook"]
+    assert code == 1 and error.startswith("error: good.recn: encoded with other weights (codebook " + recorded + " in the file vs ")
+    assert not (tmp_path / "o2" / "good.wav").exists()
+    # Usage errors: one line, exit 2.
+    assert cli.main(["decode", str(tmp_path / "nothing"), "--ckpt", str(DEMO_CKPT), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no such file or folder: {tmp_path / 'nothing'}"
