@@ -32,7 +32,7 @@ from recon.lit import load_inference_codebook  # noqa: E402
 from recon.precision import SUPPORTED_PRECISIONS, check_precision  # noqa: E402
 from recon.report import log_to_wandb, write_html_report  # noqa: E402
 from recon.runner import InferenceFiles, ResultWriter, RunInfo, UsageError, VariantRunner, check_output, collate_files  # noqa: E402
-from recon.variants import VARIANTS, Models, VariantSettings, resolve  # noqa: E402
+from recon.variants import VARIANTS, Models, VariantSettings, resolve, sweep  # noqa: E402
 
 log = logging.getLogger("recon.infer")
 
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the VAE, vocoder and UNet: worth it on a GPU for long runs; reduce-overhead adds CUDA graphs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=4, help="10.24 s segments per forward pass (and files per step)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
+    p.add_argument("--rvq-stages", type=number_list(int), metavar="N[,N...]",
+                   help="codebook_rvq: residual stage counts to run, one codebook_rvq@N column each (default: every prefix of the checkpoint's ladder)")
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
     p.add_argument("--griffinlim-iters", type=int, default=64, help="Griffin-Lim iterations of the griffinlim baseline")
     p.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --output")
@@ -61,16 +63,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("diffusion variants")
     g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps, help="DDIM steps of ddcm_input's refinement and of text2audio (default: %(default)s)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
-    g.add_argument("--refine-strength", type=float, default=d.refine_strength, help="ddcm_input SDEdit strength: 0 = codebook only, 1 = generation (default: %(default)s)")
+    g.add_argument("--refine-strength", type=number_list(float), default=[d.refine_strength], metavar="S[,S...]",
+                   help=f"ddcm_input SDEdit strength: 0 = codebook only, 1 = generation; several values give one ddcm_input@S column each (default: {d.refine_strength})")
     g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of ddcm_input and ddcm_noise (default: empty, neutral)")
     g.add_argument("--prompt", default=d.prompt, help="text2audio prompt (default: %(default)r)")
-    g.add_argument("--ddcm-steps", type=int, default=d.ddcm_steps, help="ddcm_noise diffusion steps (default: %(default)s)")
-    g.add_argument("--ddcm-k", type=int, default=d.ddcm_k, help="ddcm_noise codebook size per step, a power of two; bits = (steps-1)·log2 K per 10.24 s (default: %(default)s)")
+    g.add_argument("--ddcm-steps", type=number_list(int), default=[d.ddcm_steps], metavar="T[,T...]",
+                   help=f"ddcm_noise diffusion steps; with several values (or several --ddcm-k) one ddcm_noise@T<steps>-K<k> column per pair (default: {d.ddcm_steps})")
+    g.add_argument("--ddcm-k", type=number_list(int), default=[d.ddcm_k], metavar="K[,K...]",
+                   help=f"ddcm_noise codebook size per step, a power of two; bits = (steps-1)·log2 K per 10.24 s (default: {d.ddcm_k})")
     p.add_argument("--wandb", choices=("off", "offline", "online"), default="offline")
     p.add_argument("--wandb-project", default="recon")
     p.add_argument("--report-max-files", type=int, default=12, help="files with audio players in report.html and W&B")
     p.add_argument("--no-perceptual", action="store_true", help="skip PESQ and STOI (slow, meaningful for speech)")
     return p.parse_args(argv)
+
+
+def number_list(kind):
+    """argparse type: one number or a comma-separated list of them."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} or a comma-separated list of them, got {text!r}") from None
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
 
 
 def is_launching_process(trainer: L.Trainer) -> bool:
@@ -146,7 +164,13 @@ def run(args: argparse.Namespace) -> int:
         check_output(out, args.overwrite)
         check_writable(out)
     models = load_models(args)
-    variants = resolve(args.variants, {"codebook": models.quantizer is not None, "diffusion": models.diffusion is not None})
+    stages = models.quantizer.num_stages if models.quantizer is not None else 0
+    available = {"codebook": models.quantizer is not None, "diffusion": models.diffusion is not None, "rvq": stages > 1}
+    rvq_stages = args.rvq_stages or list(range(1, stages + 1))
+    if any(not 1 <= n <= stages for n in rvq_stages) and stages:
+        raise UsageError(f"--rvq-stages {rvq_stages}: the checkpoint's codebook has {stages} stage(s)")
+    sweeps = {"refine_strength": args.refine_strength, "ddcm_steps": args.ddcm_steps, "ddcm_k": args.ddcm_k, "rvq_stages": rvq_stages}
+    variants = sweep(resolve(args.variants, available), sweeps)
     dataset = InferenceFiles(args.input, models.backbone.spec)
     if len(dataset) == 0:
         raise UsageError(f"no audio files found in {' '.join(args.input)}")
@@ -156,11 +180,11 @@ def run(args: argparse.Namespace) -> int:
         griffinlim_iters=args.griffinlim_iters,
         diffusion_steps=args.diffusion_steps,
         guidance_scale=args.guidance_scale,
-        refine_strength=args.refine_strength,
+        refine_strength=args.refine_strength[0],
         refine_prompt=args.refine_prompt,
         prompt=args.prompt,
-        ddcm_steps=args.ddcm_steps,
-        ddcm_k=args.ddcm_k,
+        ddcm_steps=args.ddcm_steps[0],
+        ddcm_k=args.ddcm_k[0],
     )
     if models.diffusion is not None:
         # Prompt embeddings once, on the CPU where the text encoders stay, before the UNet moves.

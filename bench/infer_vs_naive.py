@@ -64,7 +64,7 @@ def run_bare(models: Models, variants, files: list[Path]) -> float:
                 posterior = models.backbone.encode(logmel)
                 x = VariantInput(wav[None], logmel, posterior.mean, posterior.std, [f"{path.name}#{i}"])
                 for variant in variants:
-                    variant.fn(x, models, VariantSettings())
+                    variant.run(x, models, VariantSettings())
                 total += time.perf_counter() - start
     return total
 
@@ -80,7 +80,7 @@ def run_naive(folder: str, variants, files: list[Path], out: Path) -> float:
                 logmel = models.frontend(wav)
                 posterior = models.backbone.encode(logmel)
                 x = VariantInput(wav, logmel, posterior.mean, posterior.std, [f"{path.name}#{i}" for i in range(len(wav))])
-                rec = variant.fn(x, models, VariantSettings())
+                rec = variant.run(x, models, VariantSettings())
             write_wav(out / variant.name / f"{path.stem}.wav", rec.wav.reshape(-1).numpy(), 16000)
     return time.perf_counter() - start
 

@@ -1,4 +1,4 @@
-"""``recon``: compress audio to files and decode them back.
+"""recon: compress audio to files and decode them back.
 
     recon encode --ckpt CKPT IN... --out DIR          # one DIR/<name>.recn per input file
     recon decode FILE... --ckpt CKPT --out DIR       # one DIR/<name>.wav per .recn file
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import files
 from .audio import MelFrontEnd, length_chunks, split_file
-from .codec import CODECS, codebook_container, decode_container
+from .codec import codebook_container, decode_container
 from .container import SUFFIX, ContainerError, dumps, loads
 
 log = logging.getLogger("recon.cli")
@@ -57,6 +57,9 @@ def encode(args) -> int:
     from .runner import InferenceFiles, output_relpath
 
     backbone, quantizer, device = _load(args)
+    stages = args.stages or (quantizer.num_stages if args.codec == "rvq" else 1)
+    if not 1 <= stages <= quantizer.num_stages:
+        raise ValueError(f"--stages {stages}: {args.ckpt} has {quantizer.num_stages} residual stage(s)")
     frontend = MelFrontEnd(backbone.spec).to(device)
     dataset = InferenceFiles(args.inputs, backbone.spec)
     if len(dataset) == 0:
@@ -76,7 +79,7 @@ def encode(args) -> int:
                 else:
                     todo.append((item, target))
             try:
-                containers = _encode_batch([item for item, _ in todo], backbone, frontend, quantizer, device, args.batch_size)
+                containers = _encode_batch([item for item, _ in todo], backbone, frontend, quantizer, device, args.batch_size, stages)
             except Exception as err:  # one batch's failure is its files' failure; the rest go on
                 failures += [f"{item['relpath']}: encoding failed: {' '.join(str(err).split())}" for item, _ in todo]
                 containers = []
@@ -91,14 +94,16 @@ def encode(args) -> int:
 
 
 @torch.no_grad()
-def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int) -> list:
+def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1) -> list:
     """Containers of some files, their segments batched across files by length (as infer.py does)."""
     segments = [split_file(item["wav"], backbone.spec) for item in items]
     flat = [s for seg in segments for s in seg]
     codes: list = [None] * len(flat)
     for chunk in length_chunks([s.shape[-1] for s in flat], batch_size):
         wav = torch.stack([flat[i] for i in chunk]).to(device)
-        indices = quantizer.quantize_indices(backbone.encode(frontend(wav)).mean.float())
+        mean = backbone.encode(frontend(wav)).mean.float()
+        # One stage: [B, time, freq] as codebook_hard writes it; a ladder: [B, stages, time, freq].
+        indices = quantizer.quantize_indices(mean) if stages == 1 else quantizer.residual_indices(mean, stages)
         for i, index in zip(chunk, indices.cpu()):
             codes[i] = index
     containers, first = [], 0
@@ -184,7 +189,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     enc = sub.add_parser("encode", help="audio files -> .recn files", description="Compress audio files (or folders of them) to .recn files.")
     enc.add_argument("inputs", nargs="+", metavar="IN", help="audio files and/or folders (searched recursively)")
-    enc.add_argument("--codec", default="codebook", choices=CODECS, help="codebook: the nearest trained code per latent vector, log2 K bits each")
+    enc.add_argument("--codec", default="codebook", choices=("codebook", "rvq"),
+                     help="codebook: the nearest trained code per latent vector, log2 K bits each (codebook_hard); "
+                          "rvq: the residual ladder of a multi-stage checkpoint, stages x log2 K bits (codebook_rvq@N)")
+    enc.add_argument("--stages", type=int, help="residual stages to code with (default: 1 for codebook, all for rvq)")
     enc.add_argument("--num-workers", type=int, default=0, help="audio loading workers")
     model_options(enc)
     dec = sub.add_parser("decode", help=".recn files -> wav files", description="Decode .recn files (or folders of them) to 16 kHz wav.")

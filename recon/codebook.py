@@ -1,5 +1,12 @@
 """Vector quantizer for the frozen AudioLDM2 VAE latent ([B, 8, T, F], channel first).
 
+With ``stages > 1`` it is a residual VQ: each further stage (``residual[i]``, a one-stage
+quantizer of its own) codes what the stages before it left, so N stages of K codes cost
+N·log2 K bits per vector. Stage 1 is the quantizer itself: its parameter names, its training
+and its codes are those of a one-stage quantizer, so one-stage checkpoints load unchanged and
+stage 1 of a ladder is the one-stage codec. Quantizer dropout (``quantizer_dropout``) trains the
+later stages at random depths so that every prefix of the ladder is a codec.
+
 One class, two choices: how a vector picks its code (``mode``: hard nearest code with a
 straight-through gradient, or a softmax over distances that anneals towards hard) and how
 the codebook learns (``update``: through the optimizer by the codebook loss, or by
@@ -14,7 +21,7 @@ them together; they do, because the decisions depend only on state that is alrea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -45,6 +52,10 @@ class CodebookConfig:
     chunk_size: int = 16384
     # Lloyd costs iters * N * K; more samples than this (over all ranks) add little to 1024 codes.
     kmeans_max_vectors: int = 65536
+    # Residual stages (hard mode only); each adds log2(num_codes) bits per latent vector.
+    stages: int = 1
+    # Probability that a training step uses a random number of stages (1..stages) instead of all.
+    quantizer_dropout: float = 0.0
 
 
 @dataclass
@@ -115,6 +126,10 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"mode must be 'hard' or 'soft', got {cfg.mode!r}")
         if cfg.update not in ("grad", "ema"):
             raise ValueError(f"update must be 'grad' or 'ema', got {cfg.update!r}")
+        if cfg.stages < 1 or (cfg.stages > 1 and cfg.mode != "hard"):
+            raise ValueError(f"stages must be >= 1, and residual stages need mode 'hard' (got stages={cfg.stages}, mode={cfg.mode!r})")
+        if not 0.0 <= cfg.quantizer_dropout <= 1.0:
+            raise ValueError(f"quantizer_dropout must lie in [0, 1], got {cfg.quantizer_dropout}")
         # Not part of the state dict: a resumed run repeats its random choices from the seed.
         self._gen = torch.Generator().manual_seed(cfg.seed)
         codes = torch.randn(cfg.num_codes, cfg.dim, generator=self._gen)
@@ -131,20 +146,39 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("steps_unused", torch.zeros(cfg.num_codes, dtype=torch.long))
         self.register_buffer("num_restarted", torch.tensor(0))  # in the latest training forward
         self.register_buffer("total_restarted", torch.tensor(0))
+        # Stages 2..N, each seeded apart; their own draws never touch stage 1's generator.
+        self.residual = nn.ModuleList(
+            VectorQuantizer(replace(cfg, stages=1, quantizer_dropout=0.0, seed=cfg.seed + 7919 * s)) for s in range(1, cfg.stages)
+        )
+        self._dropout_gen = torch.Generator().manual_seed(cfg.seed + 104729)
+
+    @property
+    def num_stages(self) -> int:
+        return 1 + len(self.residual)
+
+    def reseed(self, seed: int) -> None:
+        """Seed every random draw of this quantizer (a training step does, so a resume repeats it)."""
+        self._gen.manual_seed(seed)
+        self._dropout_gen.manual_seed(seed + 104729)
+        for s, stage in enumerate(self.residual, start=1):
+            stage.reseed(seed + 7919 * s)
 
     def __getstate__(self) -> dict:
         # A torch.Generator does not survive torch.multiprocessing's pickler (ddp_spawn sends the
         # model to every process; its state tensor fails to be shared): send the state as bytes.
         state = dict(self.__dict__)
-        state["_gen"] = self._gen.get_state().numpy().tobytes()
+        for name in ("_gen", "_dropout_gen"):
+            state[name] = state[name].get_state().numpy().tobytes()
         return state
 
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
-        generator_state = state.pop("_gen")
+        generators = {name: state.pop(name) for name in ("_gen", "_dropout_gen")}
         super().__setstate__(state)
-        self._gen = torch.Generator()
-        self._gen.set_state(torch.frombuffer(bytearray(generator_state), dtype=torch.uint8))
+        for name, generator_state in generators.items():
+            generator = torch.Generator()
+            generator.set_state(torch.frombuffer(bytearray(generator_state), dtype=torch.uint8))
+            setattr(self, name, generator)
 
     @property
     def bits_per_index(self) -> float:
@@ -176,8 +210,44 @@ class VectorQuantizer(nn.Module):
             return torch.randperm(n, generator=self._gen)[:k].to(device)
         return torch.randint(n, (k,), generator=self._gen).to(device)
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
-        """Quantize z [B, dim, *spatial].
+    def forward(self, z: Tensor, stages: int | None = None) -> QuantizerOutput:
+        """Quantize z [B, dim, *spatial] with the first ``stages`` stages (default: all; in training,
+        a random number of them with probability ``quantizer_dropout``).
+
+        One stage is exactly :meth:`forward_stage`. With more, the codebook loss is the sum of the
+        stages' (each on its own residual), the commitment loss is that of the summed codes, and
+        ``z_q`` passes the gradient straight through to ``z``; ``indices`` and the usage statistics
+        are stage 1's.
+        """
+        n = self.num_stages if stages is None else stages
+        if not 1 <= n <= self.num_stages:
+            raise ValueError(f"stages must lie in [1, {self.num_stages}], got {n}")
+        if stages is None and self.training and n > 1 and self.cfg.quantizer_dropout > 0:
+            if float(torch.rand((), generator=self._dropout_gen)) < self.cfg.quantizer_dropout:
+                n = int(torch.randint(1, n + 1, (), generator=self._dropout_gen))
+        first = self.forward_stage(z)
+        if n == 1:
+            return first
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            total = first.z_q.detach().float()
+            codebook_loss = first.codebook_loss
+            for stage in self.residual[: n - 1]:
+                out = stage.forward_stage(z.detach().float() - total)
+                total = total + out.z_q.detach().float()
+                codebook_loss = codebook_loss + out.codebook_loss
+            zf = z.float()
+            return QuantizerOutput(
+                z_q=(zf + (total - zf).detach()).to(z.dtype),
+                indices=first.indices,
+                codebook_loss=codebook_loss,
+                commitment_loss=F.mse_loss(zf, total),
+                perplexity=first.perplexity,
+                usage=first.usage,
+                commitment_weight=self.cfg.commitment_weight,
+            )
+
+    def forward_stage(self, z: Tensor) -> QuantizerOutput:
+        """Quantize z [B, dim, *spatial] with this stage alone.
 
         In training, an uninitialised codebook with kmeans_init is fitted by k-means on this
         batch first (a trainer that wants a better fit calls init_from_latents with more data
@@ -187,7 +257,7 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             x, ps = self._flatten(z)
             if self.training and cfg.kmeans_init and not bool(self.initialized):
-                self.init_from_latents(x.detach())
+                self.init_stage_from_latents(x.detach())
             if self.training and cfg.dead_code_threshold > 0:
                 self._restart_dead(x.detach())
             codes = self.codebook.float()
@@ -228,12 +298,35 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def quantize_indices(self, z: Tensor) -> Tensor:
+        """Stage 1's nearest code of every vector: ``[B, *spatial]``."""
         with torch.autocast(device_type=z.device.type, enabled=False):
             x, ps = self._flatten(z)
             return unpack(self._nearest(x, self.codebook.float()), ps, "*")[0]
 
     def decode_indices(self, indices: Tensor) -> Tensor:
+        """Stage 1's codes of ``indices [B, *spatial]``: ``[B, dim, *spatial]``."""
         return rearrange(F.embedding(indices, self.codebook), "b ... d -> b d ...")
+
+    @torch.no_grad()
+    def residual_indices(self, z: Tensor, stages: int | None = None) -> Tensor:
+        """The codes of the first ``stages`` stages, each on the residual of those before: ``[B, stages, *spatial]``."""
+        n = self.num_stages if stages is None else stages
+        if not 1 <= n <= self.num_stages:
+            raise ValueError(f"stages must lie in [1, {self.num_stages}], got {n}")
+        residual = z.float()
+        indices = []
+        for stage in [self, *self.residual][:n]:
+            index = stage.quantize_indices(residual)
+            indices.append(index)
+            residual = residual - stage.decode_indices(index).float()
+        return torch.stack(indices, dim=1)
+
+    def decode_residual(self, indices: Tensor) -> Tensor:
+        """The sum of the stages' codes of ``indices [B, stages, *spatial]``: ``[B, dim, *spatial]``."""
+        if not 1 <= indices.shape[1] <= self.num_stages:
+            raise ValueError(f"indices of {indices.shape[1]} stages for a quantizer of {self.num_stages}")
+        stages = [self, *self.residual][: indices.shape[1]]
+        return sum(stage.decode_indices(indices[:, s]).float() for s, stage in enumerate(stages))
 
     @torch.no_grad()
     def set_codes(self, indices: Tensor, vectors: Tensor) -> None:
@@ -251,7 +344,18 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_from_latents(self, vectors: Tensor) -> None:
-        """k-means on [N, dim] vectors; in DDP every rank calls it with its own vectors.
+        """k-means of every stage on [N, dim] vectors (stage s on what stages before it leave of them)."""
+        self.init_stage_from_latents(vectors)
+        residual = vectors.detach().float()
+        previous = self
+        for stage in self.residual:
+            residual = residual - previous.codebook.float()[previous._nearest(residual, previous.codebook.float())]
+            stage.init_stage_from_latents(residual)
+            previous = stage
+
+    @torch.no_grad()
+    def init_stage_from_latents(self, vectors: Tensor) -> None:
+        """k-means of this stage on [N, dim] vectors; in DDP every rank calls it with its own vectors.
 
         Each rank contributes up to kmeans_max_vectors / world of them, rank 0 clusters the
         union and broadcasts the result.

@@ -4,7 +4,8 @@
 the same files through these functions. A file holds everything decoding needs besides the model,
 and fingerprints of the weights it must be decoded with:
 
-* ``codebook``: the nearest code of the trained codebook per latent vector, ``log2 K`` bits each.
+* ``codebook``: the nearest code of the trained codebook per latent vector, ``log2 K`` bits each;
+  with ``stages`` > 1, the codes of the first stages of the residual ladder, ``stages x log2 K``.
 
 Fingerprints hash the weights themselves (float32 bytes), so a renamed or copied checkpoint still
 matches and a retrained one does not.
@@ -64,8 +65,11 @@ def decoder_fingerprint(backbone) -> str:
     return _memo(backbone, "decoder", compute)
 
 
-def codebook_fingerprint(quantizer) -> str:
-    return _memo(quantizer, "codebook", lambda: tensors_fingerprint([("codebook", quantizer.codebook)]))
+def codebook_fingerprint(quantizer, stages: int = 1) -> str:
+    """The codebooks of the first ``stages`` stages (stage 1 alone hashes as a one-stage codebook)."""
+    books = [quantizer, *quantizer.residual][:stages]
+    named = [("codebook" if s == 0 else f"residual.{s - 1}.codebook", q.codebook) for s, q in enumerate(books)]
+    return _memo(quantizer, f"codebook:{stages}", lambda: tensors_fingerprint(named))
 
 
 def check_model(container: Container, expected: dict[str, str], path: str = "") -> None:
@@ -111,13 +115,16 @@ def segments_of(container: Container) -> list[int]:
 
 
 def codebook_container(codes: list[Tensor], segments: list[int], num_samples: int, quantizer, backbone, level: float = 1.0) -> Container:
-    """A file of per-segment code indices ``codes[i] [time, freq]`` of segments ``segments[i]`` samples
-    long; ``level`` restores the input's loudness (the model sees peak-normalised audio)."""
+    """A file of per-segment code indices ``codes[i]`` (``[time, freq]``, or ``[stages, time, freq]``
+    for a residual ladder) of segments ``segments[i]`` samples long; ``level`` restores the input's
+    loudness (the model sees peak-normalised audio)."""
     layout = layout_of(backbone)
     if segment_lengths(num_samples, *layout) != list(segments):
         raise ValueError(f"segments {segments} are not recon's layout {layout} of {num_samples} samples")
+    codes = [c if c.ndim == 3 else c[None] for c in codes]
+    stages = codes[0].shape[0]
     for code, length in zip(codes, segments, strict=True):
-        if tuple(code.shape) != latent_grid(backbone, length):
+        if tuple(code.shape) != (stages, *latent_grid(backbone, length)):
             raise ValueError(f"codes of shape {tuple(code.shape)} for a segment of {length} samples")
     bits = math.ceil(math.log2(quantizer.cfg.num_codes))
     payload = pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits)
@@ -127,18 +134,19 @@ def codebook_container(codes: list[Tensor], segments: list[int], num_samples: in
         "num_samples": int(num_samples),
         "layout": layout,
         "level": float(f"{level:.6g}"),
-        "model": {"codebook": codebook_fingerprint(quantizer), "decoder": decoder_fingerprint(backbone)},
+        "model": {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)},
         "codes": int(quantizer.cfg.num_codes),
+        "stages": int(stages),
         "bits_per_index": bits,
     }
     return Container(header, payload)
 
 
 def codebook_codes(container: Container, backbone) -> list[Tensor]:
-    """The per-segment index grids of a ``codebook`` file."""
+    """The per-segment index grids ``[stages, time, freq]`` of a ``codebook`` file."""
     header = container.header
-    grids = [latent_grid(backbone, length) for length in segments_of(container)]
-    counts = [t * f for t, f in grids]
+    grids = [(header["stages"], *latent_grid(backbone, length)) for length in segments_of(container)]
+    counts = [math.prod(grid) for grid in grids]
     flat = torch.from_numpy(unpack_indices(container.payload, header["bits_per_index"], sum(counts)))
     if flat.numel() and int(flat.max()) >= header["codes"]:
         raise ValueError(f"index {int(flat.max())} outside a codebook of {header['codes']}")
@@ -158,10 +166,13 @@ def decode_segments(latents: list[Tensor], segments: list[int], num_samples: int
     return torch.cat(wav)[:num_samples]
 
 
-def expected_model(codec: str, quantizer, backbone) -> dict[str, str]:
-    if codec == "codebook":
-        return {"codebook": codebook_fingerprint(quantizer), "decoder": decoder_fingerprint(backbone)}
-    raise ValueError(f"unknown codec {codec!r}")
+def expected_model(container: Container, quantizer, backbone) -> dict[str, str]:
+    if container.codec == "codebook":
+        stages = container.header["stages"]
+        if stages > quantizer.num_stages:
+            raise ModelMismatch(f"coded with {stages} residual stages; the codebook given has {quantizer.num_stages}")
+        return {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)}
+    raise ValueError(f"unknown codec {container.codec!r}")
 
 
 def decode_container(container: Container, quantizer, backbone, path: str = "", batch_size: int = 4) -> Tensor:
@@ -170,8 +181,8 @@ def decode_container(container: Container, quantizer, backbone, path: str = "", 
         raise ValueError(f"{path + ': ' if path else ''}codec {container.codec!r} is not one of {', '.join(CODECS)}")
     if container.header["sample_rate"] != backbone.spec.sample_rate:
         raise ModelMismatch(f"{path + ': ' if path else ''}file at {container.header['sample_rate']} Hz, model at {backbone.spec.sample_rate} Hz")
-    check_model(container, expected_model(container.codec, quantizer, backbone), path)
+    check_model(container, expected_model(container, quantizer, backbone), path)
     codes = codebook_codes(container, backbone)
     device = next(backbone.parameters()).device
-    latents = [quantizer.decode_indices(c[None].to(device))[0] for c in codes]
+    latents = [quantizer.decode_residual(c[None].to(device))[0] for c in codes]
     return decode_segments(latents, segments_of(container), container.header["num_samples"], backbone, batch_size)

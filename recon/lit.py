@@ -158,7 +158,7 @@ class CodebookTrainer(L.LightningModule):
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             # Posterior-sample noise differs per rank; the quantizer's own draws (restarts) must not.
             torch.manual_seed(step_seed * 1009 + self.global_rank)
-            self.quantizer._gen.manual_seed(step_seed)
+            self.quantizer.reseed(step_seed)
             loss, logs = self._step(batch)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=len(batch["index"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))

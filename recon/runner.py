@@ -265,7 +265,7 @@ class VariantRunner(L.LightningModule):
     def _run_variant(self, variant: Variant, x: VariantInput, rows: list[int]) -> list[SegmentOutput]:
         """One variant on some segments of an encoded chunk, split into per-segment outputs."""
         part = x.select(rows)
-        rec = variant.fn(part, self.models, self.settings)
+        rec = variant.run(part, self.models, self.settings)
         snr = M.latent_snr(part.mean, rec.latent.float()).tolist() if rec.latent is not None else [None] * len(rows)
         return [
             SegmentOutput(
@@ -380,7 +380,7 @@ class VariantRunner(L.LightningModule):
         entry.latent_snr_db = statistics.fmean(snr) if snr else None
         entry.notes = sorted({n for p in parts for n in p.notes})
         if variant.pack_codes is not None and all(p.codes is not None for p in parts):
-            entry.bitstream = variant.pack_codes([p.codes for p in parts], [p.wav.shape[-1] for p in parts], length, level, self.settings, self.models)
+            entry.bitstream = variant.pack_codes([p.codes for p in parts], [p.wav.shape[-1] for p in parts], length, level, variant.settings(self.settings), self.models)
         return wav
 
     def _file_metrics(self, reference: Tensor, stitched: dict[str, Tensor], result: FileResult) -> float:

@@ -12,9 +12,10 @@ does *correctly* where that script went wrong.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -88,6 +89,7 @@ class VariantSettings:
     prompt: str = "high quality music"  # text2audio
     ddcm_steps: int = 50
     ddcm_k: int = 1024
+    rvq_stages: int = 1  # codebook_rvq: how many residual stages code each vector
 
     @property
     def ddcm_bitrate_bps(self) -> float:
@@ -111,9 +113,18 @@ class Variant:
     # True when the variant needs every segment at full length (a bitstream that records one
     # latent shape); otherwise a file's last segment is only as long as it needs to be.
     full_segments: bool = False
+    # The settings a sweep point fixes (``ddcm_input@0.2`` has refine_strength=0.2): see sweep().
+    overrides: tuple[tuple[str, object], ...] = ()
+    base: str = ""  # the registered variant a sweep point comes from ("" for a registered one)
+
+    def settings(self, settings: VariantSettings) -> VariantSettings:
+        return replace(settings, **dict(self.overrides)) if self.overrides else settings
+
+    def run(self, x: "VariantInput", models: "Models", settings: VariantSettings) -> "Reconstruction":
+        return self.fn(x, models, self.settings(settings))
 
     def bitrate(self, settings: VariantSettings) -> float | None:
-        return self.bitrate_bps(settings) if callable(self.bitrate_bps) else self.bitrate_bps
+        return self.bitrate_bps(self.settings(settings)) if callable(self.bitrate_bps) else self.bitrate_bps
 
 
 VARIANTS: dict[str, Variant] = {}
@@ -301,6 +312,10 @@ def codebook_bitrate_bps(settings: VariantSettings) -> float:
     return settings.codebook_bits * LATENT_VECTORS_PER_SECOND
 
 
+def rvq_bitrate_bps(settings: VariantSettings) -> float:
+    return settings.rvq_stages * settings.codebook_bits * LATENT_VECTORS_PER_SECOND
+
+
 def ddcm_bitrate_bps(settings: VariantSettings) -> float:
     return settings.ddcm_bitrate_bps
 
@@ -329,6 +344,22 @@ def codebook_hard(x: VariantInput, models: Models, settings: VariantSettings) ->
     quantizer = models.require_quantizer("codebook_hard")
     indices = quantizer.quantize_indices(x.mean)
     z_q = quantizer.decode_indices(indices).to(x.mean.dtype)
+    return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q, codes=indices)
+
+
+@register(
+    "codebook_rvq",
+    "residual VQ: the first N stages of the trained ladder, each on the residual of those before",
+    requires=("codebook",),
+    bitrate_bps=rvq_bitrate_bps,
+    pack_codes=pack_codebook,
+    codes_suffix=".recn",
+)
+def codebook_rvq(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """N stages of 1024 x 8 codes, N x 4.0 kbps; one stage is codebook_hard."""
+    quantizer = models.require_quantizer("codebook_rvq")
+    indices = quantizer.residual_indices(x.mean, settings.rvq_stages)
+    z_q = quantizer.decode_residual(indices).to(x.mean.dtype)
     return Reconstruction(decode_and_vocode(models, z_q, x.wav.shape[-1]), latent=z_q, codes=indices)
 
 
@@ -428,15 +459,46 @@ def text2audio(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     return Reconstruction(decode_and_vocode(models, latents.to(x.mean.dtype), x.wav.shape[-1]))
 
 
+# Variants with a swept parameter: the settings each point fixes, and how a point is named.
+SWEEPS: dict[str, tuple[tuple[str, ...], str]] = {
+    "codebook_rvq": (("rvq_stages",), "{rvq_stages}"),
+    "ddcm_input": (("refine_strength",), "{refine_strength:g}"),
+    "ddcm_noise": (("ddcm_steps", "ddcm_k"), "T{ddcm_steps}-K{ddcm_k}"),
+}
+ALWAYS_NAMED = {"codebook_rvq"}  # its point is part of what it is, even when there is one
+
+
+def sweep(variants: list[Variant], values: dict[str, list]) -> list[Variant]:
+    """One variant per point of each swept variant's parameters (``values``: setting -> list), named
+    ``base@point`` when a parameter takes several values (``ddcm_input@0.2``); others as they are."""
+    expanded = []
+    for variant in variants:
+        if variant.name not in SWEEPS:
+            expanded.append(variant)
+            continue
+        fields, label = SWEEPS[variant.name]
+        lists = [list(values.get(f) or [getattr(VariantSettings(), f)]) for f in fields]
+        named = variant.name in ALWAYS_NAMED or any(len(v) > 1 for v in lists)
+        for point in itertools.product(*lists):
+            overrides = tuple(zip(fields, point))
+            name = f"{variant.name}@{label.format(**dict(overrides))}" if named else variant.name
+            expanded.append(replace(variant, name=name, overrides=overrides, base=variant.name))
+    names = [v.name for v in expanded]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a sweep lists a value twice: {sorted({n for n in names if names.count(n) > 1})}")
+    return expanded
+
+
 def resolve(names: str | list[str] | None, available: dict[str, bool] | None = None) -> list[Variant]:
     """Variant names (comma-separated or a list; None/"all" = all) -> registered variants, checked.
 
     ``available`` says which requirements can be met (e.g. {"codebook": False}); "all" then skips
     variants that cannot run and says so, while an explicitly named one that cannot run is an error.
+    "all" includes ``codebook_rvq`` only for a codebook of several stages (``{"rvq": True}``).
     """
     available = available or {}
     if names in (None, "all", ["all"]):
-        chosen = list(VARIANTS.values())
+        chosen = [v for v in VARIANTS.values() if v.name != "codebook_rvq" or available.get("rvq", False)]
         skipped = [v.name for v in chosen if not all(available.get(r, True) for r in v.requires)]
         if skipped:
             log.warning("skipping variants that need what was not given: %s", ", ".join(skipped))

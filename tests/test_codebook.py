@@ -344,3 +344,67 @@ def test_decode_of_quantize_is_hard_z_q(mode):
     hard = _vq(num_codes=64, kmeans_init=False).eval()
     hard.load_state_dict(vq.state_dict())
     assert torch.equal(decoded, hard(z).z_q)
+
+
+# 8. residual stages
+def test_each_residual_stage_lowers_the_error_and_indices_decode_to_forward():
+    torch.manual_seed(0)
+    z = torch.randn(4, 8, 32, 4)
+    vq = _vq(num_codes=32, stages=3)
+    vq.init_from_latents(_flat(z))
+    assert bool(vq.initialized) and all(bool(stage.initialized) for stage in vq.residual)
+    vq.eval()
+    errors = []
+    for n in (1, 2, 3):
+        out = vq(z, stages=n)
+        indices = vq.residual_indices(z, n)
+        assert indices.shape == (4, n, 32, 4)
+        torch.testing.assert_close(vq.decode_residual(indices), out.z_q, rtol=0, atol=1e-6)
+        errors.append(float((z - out.z_q).pow(2).mean()))
+    assert errors[0] > errors[1] > errors[2]
+    # One stage is the one-stage quantizer: its indices and codes.
+    assert torch.equal(vq.residual_indices(z, 1)[:, 0], vq.quantize_indices(z))
+    assert torch.equal(vq(z, stages=1).z_q, vq.forward_stage(z).z_q)
+    with pytest.raises(ValueError, match="stages must lie in \\[1, 3\\]"):
+        vq(z, stages=4)
+    with pytest.raises(ValueError, match="residual stages need mode 'hard'"):
+        _vq(stages=2, mode="soft")
+
+
+def _train_ladder(stages: int, dropout: float, steps: int = 12) -> VectorQuantizer:
+    torch.manual_seed(0)
+    vq = _vq(num_codes=32, update="ema", kmeans_init=True, dead_code_threshold=3, stages=stages, quantizer_dropout=dropout).train()
+    for step in range(steps):
+        vq.reseed(step)
+        vq(torch.randn(4, 8, 16, 4, generator=torch.Generator().manual_seed(step)) * (1 + step % 3))
+    return vq
+
+
+def test_stage_one_of_a_ladder_trains_exactly_as_a_one_stage_quantizer():
+    """Stage 1 of a ladder is codebook_hard: later stages and quantizer dropout draw from their own
+    generators and never touch what stage 1 sees, so its codebook and statistics are bit-identical."""
+    single, ladder = _train_ladder(1, 0.0), _train_ladder(3, 0.5)
+    for name, value in single.state_dict().items():
+        assert torch.equal(ladder.state_dict()[name], value), name
+    assert int(ladder.total_restarted) == int(single.total_restarted)
+    # The ladder's extra keys are its stages; a one-stage state dict loads into a one-stage quantizer.
+    assert set(ladder.state_dict()) - set(single.state_dict()) == {k for k in ladder.state_dict() if k.startswith("residual.")}
+    _vq(num_codes=32, update="ema", dead_code_threshold=3).load_state_dict(single.state_dict())
+
+
+def test_quantizer_dropout_trains_prefixes_of_the_ladder():
+    full, dropped = _train_ladder(3, 0.0, steps=40), _train_ladder(3, 1.0, steps=40)
+    assert [int(s.step) for s in (full, *full.residual)] == [40, 40, 40]
+    counts = [int(s.step) for s in (dropped, *dropped.residual)]
+    # Depth uniform in 1..3 every step: stage 2 runs about 2/3 of the steps, stage 3 about 1/3.
+    assert counts[0] == 40 and 40 > counts[1] > counts[2] > 0
+
+
+def test_a_ladder_pickles_with_its_generators():
+    import pickle
+
+    vq = _train_ladder(2, 0.5, steps=2)
+    copy = pickle.loads(pickle.dumps(vq))
+    for a, b in ((vq, copy), (vq.residual[0], copy.residual[0])):
+        assert torch.equal(a._gen.get_state(), b._gen.get_state())
+    assert torch.equal(vq._dropout_gen.get_state(), copy._dropout_gen.get_state())

@@ -170,3 +170,53 @@ def test_bad_files_and_a_model_mismatch_cost_one_line_each(infer_run, inputs, tm
     # Usage errors: one line, exit 2.
     assert cli.main(["decode", str(tmp_path / "nothing"), "--ckpt", str(DEMO_CKPT), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"error: no such file or folder: {tmp_path / 'nothing'}"
+
+
+@pytest.fixture(scope="module")
+def ladder_ckpt(inputs, tmp_path_factory) -> Path:
+    """A two-stage ladder of 64 codes, trained by CodebookTrainer for a few steps on the inputs."""
+    import lightning as L
+
+    from recon.codebook import CodebookConfig
+    from recon.data import AudioDataModule
+    from recon.lit import CodebookTrainer
+
+    L.seed_everything(0)
+    model = CodebookTrainer(backbone="random:tiny", codebook=CodebookConfig(num_codes=64, update="ema", stages=2), kmeans_init_batches=2)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+                        default_root_dir=tmp_path_factory.mktemp("fit"))
+    trainer.fit(model, datamodule=AudioDataModule(str(inputs), batch_size=2, val_fraction=0.0, seed=0))
+    path = tmp_path_factory.mktemp("ckpt") / "ladder.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_residual_ladder_in_infer_and_on_the_command_line(inputs, ladder_ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert infer.main(["--ckpt", str(ladder_ckpt), "--input", str(inputs), "--output", str(out), "--variants", "codebook_hard,codebook_rvq",
+                       "--wandb", "off", "--no-perceptual", "--accelerator", "cpu"]) == 0
+    rows = {(r["file"], r["variant"]): r for r in read_rows(out)}
+    for rel in ("short", "nested/long"):
+        one, two = rows[(f"{rel}.wav", "codebook_rvq@1")], rows[(f"{rel}.wav", "codebook_rvq@2")]
+        # 64 codes: 6 bits per vector and stage.
+        assert (float(one["bitrate_bps"]), float(two["bitrate_bps"])) == (2400, 4800)
+        assert float(two["latent_snr_db"]) > float(one["latent_snr_db"]) + 0.5
+        # One stage of the ladder is codebook_hard: the same samples and the same file.
+        hard, _ = sf.read(str(out / "codebook_hard" / f"{rel}.wav"), dtype="float32")
+        rvq1, _ = sf.read(str(out / "codebook_rvq@1" / f"{rel}.wav"), dtype="float32")
+        np.testing.assert_array_equal(rvq1, hard)
+        assert (out / "codebook_rvq@1" / f"{rel}.recn").read_bytes() == (out / "codebook_hard" / f"{rel}.recn").read_bytes()
+    coded, decoded = tmp_path / "coded", tmp_path / "decoded"
+    assert cli.main(["encode", str(inputs), "--codec", "rvq", "--ckpt", str(ladder_ckpt), "--out", str(coded), "--device", "cpu", "--quiet"]) == 0
+    assert cli.main(["decode", str(coded), "--ckpt", str(ladder_ckpt), "--out", str(decoded), "--device", "cpu", "--quiet", "--normalised"]) == 0
+    for rel in ("short", "nested/long"):
+        ours, theirs = loads((coded / f"{rel}.recn").read_bytes()), loads((out / "codebook_rvq@2" / f"{rel}.recn").read_bytes())
+        assert ours == theirs and ours.header["stages"] == 2 and ours.header["model"]["codebook"] != loads(
+            (out / "codebook_hard" / f"{rel}.recn").read_bytes()).header["model"]["codebook"]
+        wav, _ = sf.read(str(decoded / f"{rel}.wav"), dtype="float32")
+        reference, _ = sf.read(str(out / "codebook_rvq@2" / f"{rel}.wav"), dtype="float32")
+        assert np.abs(wav - reference).max() <= 1e-4
+    # A two-stage file needs a codebook of at least two stages.
+    code = cli.main(["decode", str(coded / "short.recn"), "--ckpt", str(DEMO_CKPT), "--out", str(tmp_path / "x"), "--quiet"])
+    assert code == 1 and not (tmp_path / "x" / "short.wav").exists()

@@ -187,7 +187,7 @@ def test_tiny_config_trains_from_the_command_line(tmp_path):
     assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
 
 
-@pytest.mark.parametrize("codebook", ["codebook_hard.yaml", "codebook_soft.yaml"])
+@pytest.mark.parametrize("codebook", ["codebook_hard.yaml", "codebook_soft.yaml", "codebook_rvq.yaml"])
 def test_per_concern_configs_compose_and_run(tmp_path, audio_dir, codebook):
     configs = [f"--config={ROOT / 'configs' / name}" for name in ("trainer.yaml", "backbone.yaml", "data.yaml", codebook)]
     result = run_cli(
@@ -196,7 +196,9 @@ def test_per_concern_configs_compose_and_run(tmp_path, audio_dir, codebook):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "checkpoints" / "codebook" / "last.ckpt").is_file()
+    ckpt = tmp_path / "checkpoints" / "codebook" / "last.ckpt"
+    stages = load_codebook_trainer(str(ckpt)).quantizer.num_stages
+    assert stages == (4 if codebook == "codebook_rvq.yaml" else 1)
 
 
 def test_ema_codebook_trains_on_two_ddp_processes(tmp_path, audio_dir):
