@@ -79,7 +79,8 @@ def encode(args) -> int:
                 else:
                     todo.append((item, target))
             try:
-                containers = _encode_batch([item for item, _ in todo], backbone, frontend, quantizer, device, args.batch_size, stages)
+                containers = _encode_batch([item for item, _ in todo], backbone, frontend, quantizer, device, args.batch_size, stages,
+                                           entropy=not args.fixed_rate)
             except Exception as err:  # one batch's failure is its files' failure; the rest go on
                 failures += [f"{item['relpath']}: encoding failed: {' '.join(str(err).split())}" for item, _ in todo]
                 containers = []
@@ -94,7 +95,7 @@ def encode(args) -> int:
 
 
 @torch.no_grad()
-def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1) -> list:
+def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1, entropy: bool = True) -> list:
     """Containers of some files, their segments batched across files by length (as infer.py does)."""
     segments = [split_file(item["wav"], backbone.spec) for item in items]
     flat = [s for seg in segments for s in seg]
@@ -110,7 +111,7 @@ def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batc
     for item, seg in zip(items, segments):
         mine = codes[first : first + len(seg)]
         first += len(seg)
-        containers.append(codebook_container(mine, [s.shape[-1] for s in seg], item["wav"].numel(), quantizer, backbone, item["level"]))
+        containers.append(codebook_container(mine, [s.shape[-1] for s in seg], item["wav"].numel(), quantizer, backbone, item["level"], entropy))
     return containers
 
 
@@ -192,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     enc.add_argument("--codec", default="codebook", choices=("codebook", "rvq"),
                      help="codebook: the nearest trained code per latent vector, log2 K bits each (codebook_hard); "
                           "rvq: the residual ladder of a multi-stage checkpoint, stages x log2 K bits (codebook_rvq@N)")
+    enc.add_argument("--fixed-rate", action="store_true", help="write indices at log2 K bits each instead of range-coding them under the checkpoint's code frequencies")
     enc.add_argument("--stages", type=int, help="residual stages to code with (default: 1 for codebook, all for rvq)")
     enc.add_argument("--num-workers", type=int, default=0, help="audio loading workers")
     model_options(enc)

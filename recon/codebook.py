@@ -146,6 +146,9 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("steps_unused", torch.zeros(cfg.num_codes, dtype=torch.long))
         self.register_buffer("num_restarted", torch.tensor(0))  # in the latest training forward
         self.register_buffer("total_restarted", torch.tensor(0))
+        # Decayed counts of each code's use in training (rate ema_decay per step, all ranks summed):
+        # the prior that entropy-codes this stage's indices. All zero: no prior (never trained).
+        self.register_buffer("code_frequency", torch.zeros(cfg.num_codes))
         # Stages 2..N, each seeded apart; their own draws never touch stage 1's generator.
         self.residual = nn.ModuleList(
             VectorQuantizer(replace(cfg, stages=1, quantizer_dropout=0.0, seed=cfg.seed + 7919 * s)) for s in range(1, cfg.stages)
@@ -307,6 +310,15 @@ class VectorQuantizer(nn.Module):
         """Stage 1's codes of ``indices [B, *spatial]``: ``[B, dim, *spatial]``."""
         return rearrange(F.embedding(indices, self.codebook), "b ... d -> b d ...")
 
+    def code_probabilities(self, stages: int | None = None) -> list[Tensor] | None:
+        """Each stage's prior over its codes (float64, every code > 0), or None if a stage has none."""
+        books = [self, *self.residual][: stages or self.num_stages]
+        if any(float(b.code_frequency.sum()) <= 0 for b in books):
+            return None
+        # Half a count of Laplace smoothing: a code unseen in training stays codable.
+        counts = [b.code_frequency.detach().double().cpu() + 0.5 for b in books]
+        return [c / c.sum() for c in counts]
+
     @torch.no_grad()
     def residual_indices(self, z: Tensor, stages: int | None = None) -> Tensor:
         """The codes of the first ``stages`` stages, each on the residual of those before: ``[B, stages, *spatial]``."""
@@ -412,14 +424,13 @@ class VectorQuantizer(nn.Module):
     def _update_stats(self, x: Tensor, idx: Tensor, counts: Tensor) -> None:
         cfg = self.cfg
         ema = cfg.update == "ema"
-        if not ema and cfg.dead_code_threshold <= 0:
-            return  # nothing to track, and no collective to pay for
         stats = counts[:, None]
         if ema:
             stats = torch.cat([stats, torch.zeros_like(self.embed_sum).index_add_(0, idx, x)], 1)
         # Sum over ranks before anything else, so every rank applies the same update.
         stats = _all_reduce_(stats.clone())
         counts = stats[:, 0]
+        self.code_frequency.mul_(cfg.ema_decay).add_(counts)
         self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
         if ema:
             self.cluster_size.lerp_(counts, 1 - cfg.ema_decay)

@@ -6,6 +6,9 @@ and fingerprints of the weights it must be decoded with:
 
 * ``codebook``: the nearest code of the trained codebook per latent vector, ``log2 K`` bits each;
   with ``stages`` > 1, the codes of the first stages of the residual ladder, ``stages x log2 K``.
+  With a checkpoint that kept code frequencies (every one trained by this recon), the indices are
+  range-coded (``constriction``) under each stage's code frequencies (``coding: categorical``);
+  without, written at ``log2 K`` bits (``coding: fixed``). The nominal rate is ``log2 K`` either way.
 
 Fingerprints hash the weights themselves (float32 bytes), so a renamed or copied checkpoint still
 matches and a retrained one does not.
@@ -72,6 +75,10 @@ def codebook_fingerprint(quantizer, stages: int = 1) -> str:
     return _memo(quantizer, f"codebook:{stages}", lambda: tensors_fingerprint(named))
 
 
+def prior_fingerprint(probabilities: list[Tensor]) -> str:
+    return tensors_fingerprint([(f"stage{s}", p) for s, p in enumerate(probabilities)])
+
+
 def check_model(container: Container, expected: dict[str, str], path: str = "") -> None:
     """Refuse to decode with weights other than those the file was encoded with, naming both."""
     recorded = container.header["model"]
@@ -98,6 +105,28 @@ def unpack_indices(data: bytes, bits: int, count: int) -> np.ndarray:
     return flat @ (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
 
 
+# ---------------------------------------------------------------------- entropy coding
+def range_encode(blocks: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """Range-code blocks of (symbols, probabilities over the alphabet) one after the other."""
+    import constriction
+
+    encoder = constriction.stream.queue.RangeEncoder()
+    for symbols, probabilities in blocks:
+        # perfect=False: constriction's fast quantisation of the model, identical on encode and decode.
+        encoder.encode(np.ascontiguousarray(symbols, dtype=np.int32), constriction.stream.model.Categorical(probabilities, perfect=False))
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def range_decode(data: bytes, blocks: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+    """The symbols of blocks of (count, probabilities), as :func:`range_encode` wrote them."""
+    import constriction
+
+    if len(data) % 4:
+        raise ValueError(f"range-coded payload of {len(data)} bytes is not whole 32-bit words")
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+    return [decoder.decode(constriction.stream.model.Categorical(p, perfect=False), count).astype(np.int64) for count, p in blocks]
+
+
 # ---------------------------------------------------------------------- the codebook codec
 def latent_grid(backbone, segment_samples: int) -> tuple[int, int]:
     """(time, freq) latent vectors of a segment of ``segment_samples`` samples."""
@@ -114,7 +143,8 @@ def segments_of(container: Container) -> list[int]:
     return segment_lengths(container.header["num_samples"], *container.header["layout"])
 
 
-def codebook_container(codes: list[Tensor], segments: list[int], num_samples: int, quantizer, backbone, level: float = 1.0) -> Container:
+def codebook_container(codes: list[Tensor], segments: list[int], num_samples: int, quantizer, backbone, level: float = 1.0,
+                       entropy: bool = True) -> Container:
     """A file of per-segment code indices ``codes[i]`` (``[time, freq]``, or ``[stages, time, freq]``
     for a residual ladder) of segments ``segments[i]`` samples long; ``level`` restores the input's
     loudness (the model sees peak-normalised audio)."""
@@ -127,27 +157,41 @@ def codebook_container(codes: list[Tensor], segments: list[int], num_samples: in
         if tuple(code.shape) != (stages, *latent_grid(backbone, length)):
             raise ValueError(f"codes of shape {tuple(code.shape)} for a segment of {length} samples")
     bits = math.ceil(math.log2(quantizer.cfg.num_codes))
-    payload = pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits)
+    priors = quantizer.code_probabilities(stages) if entropy else None
+    model = {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)}
+    if priors is None:
+        payload = pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits)
+    else:
+        model["prior"] = prior_fingerprint(priors)
+        numpy_priors = [p.numpy() for p in priors]
+        payload = range_encode([(stage.reshape(-1).cpu().numpy(), numpy_priors[s]) for c in codes for s, stage in enumerate(c)])
     header = {
         "codec": "codebook",
         "sample_rate": backbone.spec.sample_rate,
         "num_samples": int(num_samples),
         "layout": layout,
         "level": float(f"{level:.6g}"),
-        "model": {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)},
+        "model": model,
         "codes": int(quantizer.cfg.num_codes),
+        "coding": "fixed" if priors is None else "categorical",
         "stages": int(stages),
-        "bits_per_index": bits,
     }
     return Container(header, payload)
 
 
-def codebook_codes(container: Container, backbone) -> list[Tensor]:
+def codebook_codes(container: Container, backbone, quantizer) -> list[Tensor]:
     """The per-segment index grids ``[stages, time, freq]`` of a ``codebook`` file."""
     header = container.header
     grids = [(header["stages"], *latent_grid(backbone, length)) for length in segments_of(container)]
     counts = [math.prod(grid) for grid in grids]
-    flat = torch.from_numpy(unpack_indices(container.payload, header["bits_per_index"], sum(counts)))
+    if header["coding"] == "fixed":
+        flat = torch.from_numpy(unpack_indices(container.payload, math.ceil(math.log2(header["codes"])), sum(counts)))
+    elif header["coding"] == "categorical":
+        priors = [p.numpy() for p in quantizer.code_probabilities(header["stages"])]
+        blocks = [(t * f, priors[s]) for stages, t, f in grids for s in range(stages)]
+        flat = torch.from_numpy(np.concatenate(range_decode(container.payload, blocks) or [np.zeros(0, np.int64)]))
+    else:
+        raise ValueError(f"unknown index coding {header['coding']!r}")
     if flat.numel() and int(flat.max()) >= header["codes"]:
         raise ValueError(f"index {int(flat.max())} outside a codebook of {header['codes']}")
     return [part.reshape(grid) for part, grid in zip(torch.split(flat, counts), grids)]
@@ -171,7 +215,11 @@ def expected_model(container: Container, quantizer, backbone) -> dict[str, str]:
         stages = container.header["stages"]
         if stages > quantizer.num_stages:
             raise ModelMismatch(f"coded with {stages} residual stages; the codebook given has {quantizer.num_stages}")
-        return {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)}
+        expected = {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)}
+        if container.header["coding"] == "categorical":
+            priors = quantizer.code_probabilities(stages)
+            expected["prior"] = prior_fingerprint(priors) if priors is not None else "none (the checkpoint kept no code frequencies)"
+        return expected
     raise ValueError(f"unknown codec {container.codec!r}")
 
 
@@ -182,7 +230,7 @@ def decode_container(container: Container, quantizer, backbone, path: str = "", 
     if container.header["sample_rate"] != backbone.spec.sample_rate:
         raise ModelMismatch(f"{path + ': ' if path else ''}file at {container.header['sample_rate']} Hz, model at {backbone.spec.sample_rate} Hz")
     check_model(container, expected_model(container, quantizer, backbone), path)
-    codes = codebook_codes(container, backbone)
+    codes = codebook_codes(container, backbone, quantizer)
     device = next(backbone.parameters()).device
     latents = [quantizer.decode_residual(c[None].to(device))[0] for c in codes]
     return decode_segments(latents, segments_of(container), container.header["num_samples"], backbone, batch_size)

@@ -236,6 +236,10 @@ class CodebookTrainer(L.LightningModule):
                 f"'{ours['source']}' ({details}); load it with the backbone it was trained on (backbone=...)"
             )
         expected = {k for k in self.state_dict() if not k.startswith("backbone.")}
+        for key in expected - set(checkpoint["state_dict"]):
+            if key.endswith("code_frequency"):
+                # Written before recon kept code frequencies: no prior, indices are coded at log2 K bits.
+                checkpoint["state_dict"][key] = torch.zeros_like(self.state_dict()[key])
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(f"checkpoint lacks codebook weights: {sorted(missing)}")

@@ -17,6 +17,7 @@ import torch
 import infer
 from recon import cli
 from recon.audio import load_audio
+from recon import codec
 from recon.codec import decode_container, pack_indices, unpack_indices
 from recon.container import Container, ContainerError, dumps, loads
 from recon.lit import load_inference_codebook
@@ -220,3 +221,26 @@ def test_residual_ladder_in_infer_and_on_the_command_line(inputs, ladder_ckpt, t
     # A two-stage file needs a codebook of at least two stages.
     code = cli.main(["decode", str(coded / "short.recn"), "--ckpt", str(DEMO_CKPT), "--out", str(tmp_path / "x"), "--quiet"])
     assert code == 1 and not (tmp_path / "x" / "short.wav").exists()
+
+
+def test_indices_are_range_coded_under_the_checkpoints_code_frequencies(inputs, ladder_ckpt, tmp_path):
+    coded, fixed = tmp_path / "coded", tmp_path / "fixed"
+    common = ["--codec", "rvq", "--ckpt", str(ladder_ckpt), "--device", "cpu", "--quiet"]
+    assert cli.main(["encode", str(inputs), *common, "--out", str(coded)]) == 0
+    assert cli.main(["encode", str(inputs), *common, "--out", str(fixed), "--fixed-rate"]) == 0
+    backbone, quantizer = load_inference_codebook(str(ladder_ckpt))
+    priors = quantizer.code_probabilities(2)
+    for rel in ("short.recn", "nested/long.recn"):
+        ranged, plain = loads((coded / rel).read_bytes()), loads((fixed / rel).read_bytes())
+        assert (ranged.header["coding"], plain.header["coding"]) == ("categorical", "fixed")
+        assert "prior" in ranged.header["model"] and "prior" not in plain.header["model"]
+        codes = codec.codebook_codes(plain, backbone, quantizer)
+        assert all(torch.equal(a, b) for a, b in zip(codec.codebook_codes(ranged, backbone, quantizer), codes))
+        # The range coder spends the cross-entropy of the indices under the prior, plus at most two words.
+        ideal = sum(-float(torch.log2(priors[s][c[s].reshape(-1)]).sum()) for c in codes for s in range(2))
+        assert ideal <= len(ranged.payload) * 8 <= ideal + 64
+        assert len(plain.payload) * 8 == sum(c.numel() for c in codes) * 6
+        torch.testing.assert_close(codec.decode_container(ranged, quantizer, backbone), codec.decode_container(plain, quantizer, backbone))
+    # A checkpoint without code frequencies (the demo predates them) cannot decode a range-coded file.
+    backbone, demo = load_inference_codebook(str(DEMO_CKPT))
+    assert demo.code_probabilities() is None

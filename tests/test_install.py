@@ -23,6 +23,7 @@ MODULES = {
     "wandb": "wandb",
     "einops": "einops",
     "torchmetrics": "torchmetrics",
+    "constriction": "constriction",
     "pesq": "pesq",
     "pystoi": "pystoi",
     "pillow": "PIL",
