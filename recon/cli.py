@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import files
 from .audio import MelFrontEnd, length_chunks, split_file
-from .codec import codebook_container, decode_container
+from .codec import codebook_container, ddcm_container, decode_container
 from .container import SUFFIX, ContainerError, dumps, loads
 
 log = logging.getLogger("recon.cli")
@@ -38,11 +38,29 @@ def _device(name: str) -> torch.device:
 
 
 def _load(args) -> tuple:
+    """(backbone, quantizer or None, diffusion components or None, device) from --ckpt, --backbone
+    and --diffusion. Without --ckpt or --backbone, the backbone is the diffusion pipeline's own VAE
+    and vocoder."""
+    from .backbone import FrozenAudioLDM2
     from .lit import load_inference_codebook
 
-    backbone, quantizer = load_inference_codebook(args.ckpt, backbone=args.backbone)
     device = _device(args.device)
-    return backbone.to(device), quantizer.to(device), device
+    backbone = quantizer = diffusion = None
+    if args.ckpt:
+        backbone, quantizer = load_inference_codebook(args.ckpt, backbone=args.backbone)
+        quantizer = quantizer.to(device)
+    elif args.backbone:
+        backbone = FrozenAudioLDM2.from_source(args.backbone)
+    if args.diffusion:
+        from .diffusion import load_diffusion_components
+
+        diffusion = load_diffusion_components(args.diffusion)
+        diffusion.pipe.unet.to(device)  # the text encoders stay on the CPU, where prompts are embedded once
+        if backbone is None:
+            backbone = FrozenAudioLDM2(diffusion.pipe.vae, diffusion.pipe.vocoder, source=args.diffusion)
+    if backbone is None:
+        raise ValueError("name the model: --ckpt for codebook and rvq files, --diffusion for ddcm files")
+    return backbone.to(device), quantizer, diffusion, device
 
 
 def _report(failures: list[str], done: int, what: str, out: Path) -> int:
@@ -56,10 +74,19 @@ def _report(failures: list[str], done: int, what: str, out: Path) -> int:
 def encode(args) -> int:
     from .runner import InferenceFiles, output_relpath
 
-    backbone, quantizer, device = _load(args)
-    stages = args.stages or (quantizer.num_stages if args.codec == "rvq" else 1)
-    if not 1 <= stages <= quantizer.num_stages:
-        raise ValueError(f"--stages {stages}: {args.ckpt} has {quantizer.num_stages} residual stage(s)")
+    backbone, quantizer, diffusion, device = _load(args)
+    if args.codec == "ddcm":
+        if diffusion is None:
+            raise ValueError("--codec ddcm needs --diffusion (the AudioLDM2 pipeline whose UNet codes the noise)")
+        if args.ddcm_k < 2 or args.ddcm_k & (args.ddcm_k - 1) or args.ddcm_steps < 2:
+            raise ValueError(f"--ddcm-k must be a power of two >= 2 and --ddcm-steps >= 2, got {args.ddcm_k} and {args.ddcm_steps}")
+        stages = 1
+    else:
+        if quantizer is None:
+            raise ValueError(f"--codec {args.codec} needs --ckpt (a trained codebook)")
+        stages = args.stages or (quantizer.num_stages if args.codec == "rvq" else 1)
+        if not 1 <= stages <= quantizer.num_stages:
+            raise ValueError(f"--stages {stages}: {args.ckpt} has {quantizer.num_stages} residual stage(s)")
     frontend = MelFrontEnd(backbone.spec).to(device)
     dataset = InferenceFiles(args.inputs, backbone.spec)
     if len(dataset) == 0:
@@ -79,8 +106,11 @@ def encode(args) -> int:
                 else:
                     todo.append((item, target))
             try:
-                containers = _encode_batch([item for item, _ in todo], backbone, frontend, quantizer, device, args.batch_size, stages,
-                                           entropy=not args.fixed_rate)
+                batch_items = [item for item, _ in todo]
+                if args.codec == "ddcm":
+                    containers = _encode_ddcm(batch_items, backbone, frontend, diffusion, device, args)
+                else:
+                    containers = _encode_batch(batch_items, backbone, frontend, quantizer, device, args.batch_size, stages, entropy=not args.fixed_rate)
             except Exception as err:  # one batch's failure is its files' failure; the rest go on
                 failures += [f"{item['relpath']}: encoding failed: {' '.join(str(err).split())}" for item, _ in todo]
                 containers = []
@@ -94,25 +124,51 @@ def encode(args) -> int:
     return _report(failures, done, "encoded", out)
 
 
-@torch.no_grad()
-def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1, entropy: bool = True) -> list:
-    """Containers of some files, their segments batched across files by length (as infer.py does)."""
+def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size: int, code) -> list[tuple[list, list[int]]]:
+    """Per file: (per-segment codes, segment lengths). Segments of all files are batched by length
+    (as infer.py batches them); ``code(posterior_mean)`` gives one code tensor per segment."""
     segments = [split_file(item["wav"], backbone.spec) for item in items]
     flat = [s for seg in segments for s in seg]
     codes: list = [None] * len(flat)
     for chunk in length_chunks([s.shape[-1] for s in flat], batch_size):
         wav = torch.stack([flat[i] for i in chunk]).to(device)
-        mean = backbone.encode(frontend(wav)).mean.float()
-        # One stage: [B, time, freq] as codebook_hard writes it; a ladder: [B, stages, time, freq].
-        indices = quantizer.quantize_indices(mean) if stages == 1 else quantizer.residual_indices(mean, stages)
-        for i, index in zip(chunk, indices.cpu()):
-            codes[i] = index
-    containers, first = [], 0
-    for item, seg in zip(items, segments):
-        mine = codes[first : first + len(seg)]
+        for i, code_i in zip(chunk, code(backbone.encode(frontend(wav)).mean.float())):
+            codes[i] = code_i.cpu()
+    out, first = [], 0
+    for seg in segments:
+        out.append((codes[first : first + len(seg)], [s.shape[-1] for s in seg]))
         first += len(seg)
-        containers.append(codebook_container(mine, [s.shape[-1] for s in seg], item["wav"].numel(), quantizer, backbone, item["level"], entropy))
-    return containers
+    return out
+
+
+@torch.no_grad()
+def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args) -> list:
+    from .ddcm import compress
+    from .variants import VariantSettings
+
+    settings = VariantSettings(seed=args.seed, guidance_scale=args.guidance_scale, refine_prompt=args.prompt,
+                               ddcm_steps=args.ddcm_steps, ddcm_k=args.ddcm_k)
+    denoiser = diffusion.denoiser(settings.refine_prompt, settings.guidance_scale)
+
+    def code(mean):
+        return compress(denoiser, mean * diffusion.scaling_factor, settings.ddcm_steps, settings.ddcm_k, settings.seed)[0]
+
+    encoded = _encoded_segments(items, backbone, frontend, device, args.batch_size, code)
+    return [ddcm_container(codes, lengths, item["wav"].numel(), settings, diffusion, backbone, item["level"])
+            for item, (codes, lengths) in zip(items, encoded)]
+
+
+@torch.no_grad()
+def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1, entropy: bool = True) -> list:
+    """Codebook containers of some files."""
+
+    def code(mean):
+        # One stage: [B, time, freq] as codebook_hard writes it; a ladder: [B, stages, time, freq].
+        return quantizer.quantize_indices(mean) if stages == 1 else quantizer.residual_indices(mean, stages)
+
+    encoded = _encoded_segments(items, backbone, frontend, device, batch_size, code)
+    return [codebook_container(codes, lengths, item["wav"].numel(), quantizer, backbone, item["level"], entropy)
+            for item, (codes, lengths) in zip(items, encoded)]
 
 
 # ---------------------------------------------------------------------- decode
@@ -132,7 +188,7 @@ def decode(args) -> int:
     inputs = _recn_files(args.inputs)
     if not inputs:
         raise ValueError(f"no {SUFFIX} files found in {' '.join(args.inputs)}")
-    backbone, quantizer, device = _load(args)
+    backbone, quantizer, diffusion, device = _load(args)
     out = Path(args.out)
     failures, done = [], 0
     for path, rel in tqdm(inputs, unit="file", desc="decode", disable=args.quiet):
@@ -142,7 +198,7 @@ def decode(args) -> int:
             continue
         try:
             container = loads(path.read_bytes())
-            wav = decode_container(container, quantizer, backbone, path=rel, batch_size=args.batch_size)
+            wav = decode_container(container, backbone, quantizer, diffusion, path=rel, batch_size=args.batch_size)
         except (ContainerError, ValueError, OSError) as err:  # ModelMismatch is a ValueError
             failures.append(f"{rel}: {' '.join(str(err).split()).removeprefix(rel + ': ')}")
             continue
@@ -180,8 +236,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_options(p):
-        p.add_argument("--ckpt", required=True, help="trained codebook checkpoint (train.py); it names its backbone")
-        p.add_argument("--backbone", help="backbone source overriding the checkpoint's (a folder, hub id or random:tiny|full)")
+        p.add_argument("--ckpt", help="trained codebook checkpoint (train.py), for codebook and rvq; it names its backbone")
+        p.add_argument("--diffusion", help="AudioLDM2 pipeline for ddcm (cvssp/audioldm2, a folder, or random:tiny)")
+        p.add_argument("--backbone", help="VAE + vocoder source overriding the checkpoint's or the pipeline's (a folder, hub id or random:tiny|full)")
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default: %(default)s)")
         p.add_argument("--batch-size", type=int, default=4, help="segments per forward pass (default: %(default)s)")
         p.add_argument("--out", required=True, help="output folder; input folders keep their layout inside it")
@@ -190,11 +247,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     enc = sub.add_parser("encode", help="audio files -> .recn files", description="Compress audio files (or folders of them) to .recn files.")
     enc.add_argument("inputs", nargs="+", metavar="IN", help="audio files and/or folders (searched recursively)")
-    enc.add_argument("--codec", default="codebook", choices=("codebook", "rvq"),
+    enc.add_argument("--codec", default="codebook", choices=("codebook", "rvq", "ddcm"),
                      help="codebook: the nearest trained code per latent vector, log2 K bits each (codebook_hard); "
-                          "rvq: the residual ladder of a multi-stage checkpoint, stages x log2 K bits (codebook_rvq@N)")
+                          "rvq: the residual ladder of a multi-stage checkpoint, stages x log2 K bits (codebook_rvq@N); "
+                          "ddcm: the noise choices of true DDCM, (steps - 1) x log2 K bits per segment (ddcm_noise)")
     enc.add_argument("--fixed-rate", action="store_true", help="write indices at log2 K bits each instead of range-coding them under the checkpoint's code frequencies")
     enc.add_argument("--stages", type=int, help="residual stages to code with (default: 1 for codebook, all for rvq)")
+    from .variants import VariantSettings
+
+    d = VariantSettings()
+    g = enc.add_argument_group("ddcm")
+    g.add_argument("--ddcm-steps", type=int, default=d.ddcm_steps, help="diffusion steps (default: %(default)s)")
+    g.add_argument("--ddcm-k", type=int, default=d.ddcm_k, help="noise codebook size per step, a power of two (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of the shared noise codebooks (default: %(default)s)")
+    g.add_argument("--prompt", default=d.refine_prompt, help="text conditioning (default: empty)")
+    g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
     enc.add_argument("--num-workers", type=int, default=0, help="audio loading workers")
     model_options(enc)
     dec = sub.add_parser("decode", help=".recn files -> wav files", description="Decode .recn files (or folders of them) to 16 kHz wav.")
@@ -206,9 +273,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def quiet_libraries() -> None:
+    """Model loading chatter (accelerate hints, weight-loading bars) is not the user's business here."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     try:
         return {"encode": encode, "decode": decode, "info": info}[args.command](args)
     except (ValueError, FileNotFoundError) as err:

@@ -9,6 +9,9 @@ and fingerprints of the weights it must be decoded with:
   With a checkpoint that kept code frequencies (every one trained by this recon), the indices are
   range-coded (``constriction``) under each stage's code frequencies (``coding: categorical``);
   without, written at ``log2 K`` bits (``coding: fixed``). The nominal rate is ``log2 K`` either way.
+* ``ddcm``: the indices of true DDCM (recon.ddcm), ``log2 K`` bits per segment and step, with the
+  steps, K, seed, prompt and guidance that replay the sampler; its noise is recon.ddcm's portable
+  generator, so a file encoded on one device decodes on any other.
 
 Fingerprints hash the weights themselves (float32 bytes), so a renamed or copied checkpoint still
 matches and a retrained one does not.
@@ -17,6 +20,7 @@ matches and a retrained one does not.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import weakref
 from collections.abc import Iterable
@@ -27,8 +31,9 @@ from torch import Tensor, nn
 
 from .audio import TAIL_FRAMES, length_chunks, segment_lengths
 from .container import Container
+from .ddcm import NOISE_GENERATOR, decompress
 
-CODECS = ("codebook",)
+CODECS = ("codebook", "ddcm")
 
 
 class ModelMismatch(ValueError):
@@ -210,27 +215,120 @@ def decode_segments(latents: list[Tensor], segments: list[int], num_samples: int
     return torch.cat(wav)[:num_samples]
 
 
-def expected_model(container: Container, quantizer, backbone) -> dict[str, str]:
+def expected_model(container: Container, backbone, quantizer=None, diffusion=None) -> dict[str, str]:
+    """The fingerprints the given models have, for the weights ``container`` says it needs."""
+    expected = {"decoder": decoder_fingerprint(backbone)}
     if container.codec == "codebook":
+        if quantizer is None:
+            raise ValueError("a codebook file needs its codebook checkpoint (--ckpt)")
         stages = container.header["stages"]
         if stages > quantizer.num_stages:
             raise ModelMismatch(f"coded with {stages} residual stages; the codebook given has {quantizer.num_stages}")
-        expected = {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)}
+        expected["codebook"] = codebook_fingerprint(quantizer, stages)
         if container.header["coding"] == "categorical":
             priors = quantizer.code_probabilities(stages)
             expected["prior"] = prior_fingerprint(priors) if priors is not None else "none (the checkpoint kept no code frequencies)"
-        return expected
-    raise ValueError(f"unknown codec {container.codec!r}")
+    elif container.codec == "ddcm":
+        if diffusion is None:
+            raise ValueError("a ddcm file needs the AudioLDM2 diffusion components (--diffusion)")
+        expected["unet"] = unet_fingerprint(diffusion)
+        expected["conditioning"] = conditioning_fingerprint(diffusion, container.header["prompt"], container.header["guidance_scale"])
+    else:
+        raise ValueError(f"codec {container.codec!r} is not one of {', '.join(CODECS)}")
+    return expected
 
 
-def decode_container(container: Container, quantizer, backbone, path: str = "", batch_size: int = 4) -> Tensor:
-    """A file's waveform ``[num_samples]`` (float32, on the backbone's device), after checking the model."""
-    if container.codec not in CODECS:
-        raise ValueError(f"{path + ': ' if path else ''}codec {container.codec!r} is not one of {', '.join(CODECS)}")
+@torch.no_grad()
+def decode_container(container: Container, backbone, quantizer=None, diffusion=None, path: str = "", batch_size: int = 4) -> Tensor:
+    """A file's waveform ``[num_samples]`` at the model's (peak-normalised) level, float32 on the
+    backbone's device, after checking that the models are the ones it was encoded with."""
+    where = f"{path}: " if path else ""
     if container.header["sample_rate"] != backbone.spec.sample_rate:
-        raise ModelMismatch(f"{path + ': ' if path else ''}file at {container.header['sample_rate']} Hz, model at {backbone.spec.sample_rate} Hz")
-    check_model(container, expected_model(container, quantizer, backbone), path)
-    codes = codebook_codes(container, backbone, quantizer)
+        raise ModelMismatch(f"{where}file at {container.header['sample_rate']} Hz, model at {backbone.spec.sample_rate} Hz")
+    check_model(container, expected_model(container, backbone, quantizer, diffusion), path)
+    segments = segments_of(container)
     device = next(backbone.parameters()).device
-    latents = [quantizer.decode_residual(c[None].to(device))[0] for c in codes]
-    return decode_segments(latents, segments_of(container), container.header["num_samples"], backbone, batch_size)
+    if container.codec == "codebook":
+        latents = [quantizer.decode_residual(c[None].to(device))[0] for c in codebook_codes(container, backbone, quantizer)]
+    else:
+        latents = ddcm_latents(container, backbone, diffusion, batch_size)
+    return decode_segments(latents, segments, container.header["num_samples"], backbone, batch_size)
+
+
+# ---------------------------------------------------------------------- the DDCM codec
+def unet_fingerprint(diffusion) -> str:
+    """The UNet's weights and the noise schedule the sampler follows."""
+
+    def compute() -> str:
+        schedule = diffusion.schedule
+        named = [("alphas_cumprod", schedule.alphas_cumprod), ("final_alpha_cumprod", schedule.final_alpha_cumprod.reshape(1))]
+        return tensors_fingerprint(named + [(f"unet.{k}", v) for k, v in diffusion.unet.state_dict().items()])
+
+    return _memo(diffusion.unet, "unet", compute)
+
+
+def conditioning_fingerprint(diffusion, prompt: str, guidance_scale: float) -> str:
+    """The text conditioning: the prompt and the weights of the models that embed it (their outputs
+    are floats that vary across machines; the weights and the text do not)."""
+    pipe = diffusion.pipe
+    encoders = {name: getattr(pipe, name) for name in ("text_encoder", "text_encoder_2", "projection_model", "language_model")}
+
+    def compute() -> str:
+        return tensors_fingerprint([(f"{n}.{k}", v) for n, m in encoders.items() for k, v in m.state_dict().items()])
+
+    weights = _memo(pipe.text_encoder, "conditioning", compute)
+    return hashlib.sha256(json.dumps([weights, prompt, guidance_scale]).encode()).hexdigest()[:16]
+
+
+def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, settings, diffusion, backbone, level: float = 1.0,
+                   layout: list[int] | None = None) -> Container:
+    """A file of per-segment DDCM indices ``codes[i] [steps - 1]``; ``settings`` holds steps, K, seed,
+    prompt and guidance (recon.variants.VariantSettings)."""
+    layout = layout or layout_of(backbone)
+    if segment_lengths(num_samples, *layout) != list(segments):
+        raise ValueError(f"segments {segments} are not the layout {layout} of {num_samples} samples")
+    steps, K = settings.ddcm_steps, settings.ddcm_k
+    if any(tuple(c.shape) != (steps - 1,) for c in codes):
+        raise ValueError(f"DDCM codes must be [{steps - 1}] per segment, got {[tuple(c.shape) for c in codes]}")
+    header = {
+        "codec": "ddcm",
+        "sample_rate": backbone.spec.sample_rate,
+        "num_samples": int(num_samples),
+        "layout": layout,
+        "level": float(f"{level:.6g}"),
+        "model": {"decoder": decoder_fingerprint(backbone), "unet": unet_fingerprint(diffusion),
+                  "conditioning": conditioning_fingerprint(diffusion, settings.refine_prompt, settings.guidance_scale)},
+        "steps": int(steps),
+        "K": int(K),
+        "seed": int(settings.seed),
+        "prompt": settings.refine_prompt,
+        "guidance_scale": float(settings.guidance_scale),
+        "scaling_factor": diffusion.scaling_factor,
+        "noise": NOISE_GENERATOR,
+    }
+    bits = int(math.log2(K))
+    return Container(header, pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits))
+
+
+def ddcm_latents(container: Container, backbone, diffusion, batch_size: int = 4) -> list[Tensor]:
+    """Replay the sampler of a ``ddcm`` file: per-segment unscaled latents ``[8, time, freq]``.
+
+    Segments of equal length are replayed as one batch; a segment's result does not depend on its
+    batch (shared per-step codebooks and x_T, per-item indices), up to float rounding of the UNet."""
+    header = container.header
+    if header["noise"] != NOISE_GENERATOR:
+        raise ValueError(f"noise generator {header['noise']!r}; this recon has {NOISE_GENERATOR!r}")
+    if abs(header["scaling_factor"] - diffusion.scaling_factor) > 1e-9:
+        raise ModelMismatch(f"latent scaling {header['scaling_factor']} in the file vs {diffusion.scaling_factor} given")
+    segments = segments_of(container)
+    steps, K = header["steps"], header["K"]
+    flat = torch.from_numpy(unpack_indices(container.payload, int(math.log2(K)), len(segments) * (steps - 1)))
+    indices = flat.reshape(len(segments), steps - 1)
+    denoiser = diffusion.denoiser(header["prompt"], header["guidance_scale"])
+    latents: list[Tensor | None] = [None] * len(segments)
+    for chunk in length_chunks(segments, batch_size):
+        shape = (len(chunk), backbone.latent_channels, *latent_grid(backbone, segments[chunk[0]]))
+        x0 = decompress(denoiser, indices[chunk], steps, K, header["seed"], shape, device=diffusion.device)
+        for i, latent in zip(chunk, x0 / header["scaling_factor"]):
+            latents[i] = latent
+    return latents

@@ -17,17 +17,17 @@ Everything here is model-agnostic: a :class:`Denoiser` is an eps-predictor plus 
 Gaussian source and serves as a reference and for tests; ``recon.diffusion.AudioLDM2Denoiser`` wraps
 the AudioLDM2 UNet.
 
-Determinism: the codebooks come from dedicated ``torch.Generator`` objects (never the global RNG)
-on the device of the computation, so a bitstream decodes exactly on the same *device class*
-(CPU streams differ from CUDA streams); the device class is stored in the bitstream header.
+Portability: the codebooks and ``x_T`` come from a counter-based generator written in integer
+tensor ops (:func:`portable_normal`): entry ``n`` of a stream is a fixed function of
+``(seed, stream, n)``, the same on any device, batch or chunking, and any row can be computed
+without the rows before it. ``torch.randn`` on a CUDA generator is not: its stream depends on the
+GPU model. The indices are stored in recon's container (``recon.codec``, codec ``ddcm``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import struct
-import zlib
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
@@ -38,8 +38,6 @@ from torch import Tensor
 
 __all__ = [
     "AnalyticGaussianDenoiser",
-    "BitstreamError",
-    "DDCMHeader",
     "Denoiser",
     "DiffusionSchedule",
     "StepCodebook",
@@ -50,15 +48,14 @@ __all__ = [
     "ddim_step",
     "decompress",
     "initial_noise",
-    "pack",
+    "portable_normal",
     "predict_x0",
-    "unpack",
 ]
 
 ETA = 1.0  # DDCM's sampler: DDIM with eta = 1 (the DDPM posterior variance)
-# Codebook rows are drawn from the step's generator in chunks of this many rows. It is part of the
-# format: a different chunking could give a different stream on some devices.
+# Codebook rows are generated this many at a time (memory only: rows do not depend on chunking).
 CODEBOOK_CHUNK_ROWS = 256
+NOISE_GENERATOR = "recon-counter-v1"  # the name of portable_normal's definition, stored in files
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,14 +196,51 @@ def ddim_denoise(denoiser: Denoiser, x_t: Tensor, timesteps: list[int]) -> Tenso
 # --------------------------------------------------------------------------------------------
 
 
-def _stream_seed(seed: int, label: str) -> int:
-    """A 63-bit generator seed for one named stream of a shared seed (hash, so streams don't overlap)."""
+_MASK32 = 0xFFFFFFFF
+
+
+def _stream_key(seed: int, label: str) -> tuple[int, int]:
+    """Two 32-bit keys for one named stream of a shared seed (a hash, so streams do not overlap)."""
     digest = hashlib.blake2b(f"recon.ddcm:{seed}:{label}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
-def _generator(seed: int, label: str, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(_stream_seed(seed, label))
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """``x * c mod 2**32`` for int64 ``x`` in [0, 2**32): by 16-bit halves, so nothing overflows int64."""
+    return ((((x >> 16) * c) & 0xFFFF) << 16) + (x & 0xFFFF) * c & _MASK32
+
+
+def _fmix32(x: Tensor) -> Tensor:
+    """MurmurHash3's 32-bit finaliser: a bijection of [0, 2**32) that mixes every bit into every bit."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _uniform(counter: Tensor, key: tuple[int, int]) -> Tensor:
+    """A uniform in (0, 1), float64, for each int64 counter: 24 bits of a keyed two-round hash."""
+    h = _fmix32(_fmix32((counter & _MASK32) ^ key[0]) ^ (counter >> 32) ^ key[1])
+    return ((h >> 8).double() + 0.5) / float(1 << 24)
+
+
+def portable_normal(seed: int, label: str, first: int, count: int, device: str | torch.device = "cpu") -> Tensor:
+    """Entries ``first .. first + count - 1`` of the standard normal stream ``(seed, label)``, float32.
+
+    Box-Muller on pairs: entries ``2m`` and ``2m + 1`` are ``r cos(theta)`` and ``r sin(theta)`` of
+    uniforms ``u(2m), u(2m + 1)`` from a keyed integer hash of the counter. Integer ops are exact on
+    every device; the float64 transcendentals round to the same float32 but in rare last-bit cases,
+    so two devices agree to about 1e-7 relative.
+    """
+    device = torch.device(device)
+    key = _stream_key(seed, label)
+    pairs = torch.arange(first // 2, (first + count + 1) // 2, device=device, dtype=torch.int64)
+    u1, u2 = _uniform(2 * pairs, key), _uniform(2 * pairs + 1, key)
+    radius, theta = torch.sqrt(-2.0 * torch.log(u1)), (2 * math.pi) * u2
+    values = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta)], dim=1).reshape(-1)
+    offset = first - 2 * (first // 2)
+    return values[offset : offset + count].float()
 
 
 def initial_noise(seed: int, shape: tuple[int, ...], device: str | torch.device = "cpu") -> Tensor:
@@ -214,8 +248,8 @@ def initial_noise(seed: int, shape: tuple[int, ...], device: str | torch.device 
 
     Sharing it across the batch makes an item's bitstream independent of the batch it was coded in.
     """
-    device = torch.device(device)
-    x_T = torch.randn(tuple(shape[1:]), generator=_generator(seed, "x_T", device), device=device)
+    item = tuple(shape[1:])
+    x_T = portable_normal(seed, f"x_T:{item}", 0, math.prod(item), device).reshape(item)
     return repeat(x_T, "... -> b ...", b=shape[0])
 
 
@@ -223,8 +257,9 @@ def initial_noise(seed: int, shape: tuple[int, ...], device: str | torch.device 
 class StepCodebook:
     """The codebook ``C_step``: ``K`` rows of i.i.d. ``N(0, I_dim)``, regenerated on demand.
 
-    Rows are drawn in chunks from a generator seeded from ``(seed, step)``, so a ``K x dim``
-    codebook never has to be held in memory (4096 x 32768 float32 would be 512 MiB per step).
+    Row ``k`` is entries ``k * dim ...`` of the stream ``(seed, "codebook:<step>:<dim>")``
+    (:func:`portable_normal`), so a ``K x dim`` codebook never has to be held in memory (4096 x
+    32768 float32 would be 512 MiB per step), and a decoder computes only the rows it uses.
     """
 
     seed: int
@@ -235,11 +270,14 @@ class StepCodebook:
 
     def chunks(self, rows: int | None = None) -> Iterator[tuple[int, Tensor]]:
         """``(first_row, chunk [n, dim])`` for rows ``0 .. rows-1`` (all ``K`` by default)."""
-        generator = _generator(self.seed, f"codebook:{self.step}", self.device)
         rows = self.K if rows is None else rows
         for start in range(0, rows, CODEBOOK_CHUNK_ROWS):
-            n = min(CODEBOOK_CHUNK_ROWS, self.K - start)
-            yield start, torch.randn(n, self.dim, generator=generator, device=self.device)
+            n = min(CODEBOOK_CHUNK_ROWS, rows - start)
+            yield start, self.row_block(start, n)
+
+    def row_block(self, start: int, n: int) -> Tensor:
+        """Rows ``start .. start + n - 1`` as ``[n, dim]``."""
+        return portable_normal(self.seed, f"codebook:{self.step}:{self.dim}", start * self.dim, n * self.dim, self.device).reshape(n, self.dim)
 
     def best_match(self, residual: Tensor) -> tuple[Tensor, Tensor]:
         """Per row ``b`` of ``residual [B, dim]``: ``k* = argmax_k <C[k], residual[b]>`` and ``C[k*]``."""
@@ -256,12 +294,8 @@ class StepCodebook:
         return best_index, best_rows
 
     def rows(self, indices: Tensor) -> Tensor:
-        """``C[indices]`` for ``indices [B]``; only the chunks up to the largest index are drawn."""
-        out = torch.empty(indices.shape[0], self.dim, device=self.device)
-        for start, chunk in self.chunks(int(indices.max()) + 1):
-            inside = (indices >= start) & (indices < start + chunk.shape[0])
-            out[inside] = chunk[indices[inside] - start]
-        return out
+        """``C[indices]`` for ``indices [B]``: only those rows are computed."""
+        return torch.stack([self.row_block(int(k), 1)[0] for k in indices.tolist()]) if len(indices) else torch.empty(0, self.dim, device=self.device)
 
 
 def bits_per_item(steps: int, K: int) -> int:
@@ -334,111 +368,3 @@ def decompress(
         raise ValueError(f"indices must lie in [0, {K})")
     indices = indices.to(device=device, dtype=torch.long)
     return ddcm_sample(denoiser, shape, steps, K, seed, device, lambda step, codebook, _: codebook.rows(indices[:, step]))
-
-
-# --------------------------------------------------------------------------------------------
-# Bitstream
-# --------------------------------------------------------------------------------------------
-
-MAGIC = b"DDCM"
-VERSION = 1
-# magic, version, steps, log2 K, seed, batch, ndim  (little-endian, no padding)
-_FIXED = struct.Struct("<4sBIBQIB")
-_CRC = struct.Struct("<I")
-
-
-class BitstreamError(ValueError):
-    """A DDCM bitstream that cannot be decoded: wrong magic or version, truncated, or corrupted."""
-
-
-@dataclass(frozen=True)
-class DDCMHeader:
-    """Everything besides the indices that a decoder needs to replay the sampler.
-
-    ``shape`` is the per-item latent shape (without batch); ``device`` is the device class
-    (``"cpu"``/``"cuda"``), since seeded generators give different streams on different classes.
-    """
-
-    steps: int
-    K: int
-    seed: int
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    device: str = "cpu"
-    model_id: str = ""
-
-
-def _pack_str(text: str, width: str) -> bytes:
-    raw = text.encode()
-    return struct.pack("<" + width, len(raw)) + raw
-
-
-def pack(indices: Tensor, header: DDCMHeader) -> bytes:
-    """Serialise ``indices [B, steps-1]`` at ``log2 K`` bits each (MSB first) after a header.
-
-    Layout: ``magic 'DDCM' | version u8 | steps u32 | log2K u8 | seed u64 | batch u32 | ndim u8 |
-    dims u32 * ndim | dtype (u8 len + utf8) | device (u8 len + utf8) | model_id (u16 len + utf8) |
-    payload | CRC32 u32``; the CRC covers everything before it (header and payload).
-    """
-    _check_K(header.K)
-    bits = int(math.log2(header.K))
-    indices = indices.detach().cpu().long()
-    if indices.ndim != 2 or indices.shape[1] != header.steps - 1:
-        raise ValueError(f"indices must be [B, {header.steps - 1}], got {tuple(indices.shape)}")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= header.K):
-        raise ValueError(f"indices must lie in [0, {header.K})")
-    head = _FIXED.pack(MAGIC, VERSION, header.steps, bits, header.seed, indices.shape[0], len(header.shape))
-    head += struct.pack(f"<{len(header.shape)}I", *header.shape)
-    head += _pack_str(header.dtype, "B") + _pack_str(header.device, "B") + _pack_str(header.model_id, "H")
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)
-    payload = np.packbits(((indices.numpy()[..., None] >> shifts) & 1).astype(np.uint8).ravel()).tobytes()
-    body = head + payload
-    return body + _CRC.pack(zlib.crc32(body))
-
-
-class _Reader:
-    """Sequential reads that turn running off the end into a BitstreamError."""
-
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise BitstreamError(f"bitstream truncated: needed {self.pos + n} bytes, have {len(self.data)}")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
-
-    def text(self, width: str) -> str:
-        (length,) = self.unpack("<" + width)
-        return self.take(length).decode()
-
-
-def unpack(data: bytes) -> tuple[Tensor, DDCMHeader]:
-    """Inverse of :func:`pack`. Raises :class:`BitstreamError` on bad magic/version, truncation or CRC mismatch."""
-    data = bytes(data)
-    if data[:4] != MAGIC:
-        raise BitstreamError(f"not a DDCM bitstream: magic {data[:4]!r}, expected {MAGIC!r}")
-    if len(data) >= 5 and data[4] != VERSION:
-        raise BitstreamError(f"unsupported DDCM bitstream version {data[4]} (this decoder reads version {VERSION})")
-    # Structure first (so a short stream says "truncated"), then the CRC, then decode the fields.
-    reader = _Reader(data)
-    _, _, steps, bits, seed, batch, ndim = reader.unpack(_FIXED.format)
-    shape = reader.unpack(f"<{ndim}I")
-    texts = [reader.take(reader.unpack("<" + width)[0]) for width in ("B", "B", "H")]
-    count = batch * max(steps - 1, 0)
-    payload = reader.take((count * bits + 7) // 8)
-    (crc,) = reader.unpack(_CRC.format)
-    if reader.pos != len(data):
-        raise BitstreamError(f"bitstream has {len(data) - reader.pos} unexpected trailing bytes")
-    if zlib.crc32(data[: -_CRC.size]) != crc:
-        raise BitstreamError("bitstream corrupted: CRC32 mismatch")
-    flat = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[: count * bits]
-    weights = 1 << np.arange(bits - 1, -1, -1, dtype=np.int64)
-    values = flat.reshape(count, bits).astype(np.int64) @ weights
-    indices = torch.from_numpy(values.reshape(batch, steps - 1))
-    dtype, device, model_id = (raw.decode() for raw in texts)
-    return indices, DDCMHeader(steps, 1 << bits, seed, tuple(shape), dtype, device, model_id)

@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 from . import files
 from . import metrics as M
 from .compile import COMPILE_MODES, compile_networks
-from .audio import TAIL_FRAMES, AudioLoadError, AudioSpec, length_chunks, load_audio, normalisation_gain, normalise, split_file
+from .audio import AudioLoadError, AudioSpec, length_chunks, load_audio, normalisation_gain, normalise, split_file
 from .data import find_audio_files
 from .precision import fp32_island
 from .variants import Models, Variant, VariantInput, VariantSettings
@@ -290,9 +290,7 @@ class VariantRunner(L.LightningModule):
     def _predict(self, batch: list[dict]) -> list[FileResult]:
         spec = self.backbone.spec
         ok = [item for item in batch if item["error"] is None]
-        # Variants whose bitstream records one latent shape need every segment at full length.
-        tail_frames = None if any(v.full_segments for v in self.variants) else TAIL_FRAMES
-        segments = [split_file(item["wav"], spec, tail_frames) for item in ok]
+        segments = [split_file(item["wav"], spec) for item in ok]
         owner = [f for f, seg in enumerate(segments) for _ in range(len(seg))]  # segment -> position in ok
         keys = [f"{item['relpath']}#{i}" for item, seg in zip(ok, segments) for i in range(len(seg))]
         flat = [s for seg in segments for s in seg]

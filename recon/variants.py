@@ -110,9 +110,6 @@ class Variant:
     # the gain that restores its level, settings, models) -> the bytes of its file, and its suffix.
     pack_codes: Callable[[list[Tensor], list[int], int, float, "VariantSettings", "Models"], bytes] | None = None
     codes_suffix: str = ""
-    # True when the variant needs every segment at full length (a bitstream that records one
-    # latent shape); otherwise a file's last segment is only as long as it needs to be.
-    full_segments: bool = False
     # The settings a sweep point fixes (``ddcm_input@0.2`` has refine_strength=0.2): see sweep().
     overrides: tuple[tuple[str, object], ...] = ()
     base: str = ""  # the registered variant a sweep point comes from ("" for a registered one)
@@ -401,15 +398,12 @@ def ddcm_input(x: VariantInput, models: Models, settings: VariantSettings) -> Re
 
 
 def pack_ddcm(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models) -> bytes:
-    """One bitstream per file: the segments (all full length) are the batch of a recon.ddcm stream."""
-    from .ddcm import DDCMHeader, pack
+    """One recon container per file (recon.codec, codec ddcm): what ``recon decode`` reads."""
+    from .codec import ddcm_container
+    from .container import dumps
 
     diffusion = models.require_diffusion("ddcm_noise")
-    header = DDCMHeader(
-        steps=settings.ddcm_steps, K=settings.ddcm_k, seed=settings.seed, shape=models.backbone.latent_shape(),
-        dtype="float32", device=diffusion.device.type, model_id=diffusion.source,
-    )
-    return pack(torch.stack(codes), header)
+    return dumps(ddcm_container(codes, segments, num_samples, settings, diffusion, models.backbone, level))
 
 
 @register(
@@ -418,14 +412,13 @@ def pack_ddcm(codes: list[Tensor], segments: list[int], num_samples: int, level:
     requires=("diffusion",),
     bitrate_bps=ddcm_bitrate_bps,
     pack_codes=pack_ddcm,
-    codes_suffix=".ddcm",
-    full_segments=True,
+    codes_suffix=".recn",
 )
 def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
     """"DDCM Complete", as Ohayon et al. (ICML 2025) define it: a DDIM eta = 1 sampler whose noise at
     each step is the entry of a seeded codebook of K Gaussian vectors that best points from the
     current clean estimate toward the input's (scaled) latent. The indices are the bitstream:
-    (steps - 1)·log2 K bits per 10.24 s (recon.ddcm.pack / unpack; decompress replays them)."""
+    (steps - 1)·log2 K bits per segment, written as a recon file (recon.codec; decompress replays them)."""
     from .ddcm import compress
 
     diffusion = models.require_diffusion("ddcm_noise")

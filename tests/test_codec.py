@@ -109,7 +109,7 @@ def test_decoding_infers_file_reproduces_its_output(infer_run):
     backbone, quantizer = load_inference_codebook(str(DEMO_CKPT))
     for rel in ("short", "nested/long"):
         container = loads((infer_run / "codebook_hard" / f"{rel}.recn").read_bytes())
-        decoded = decode_container(container, quantizer, backbone).numpy()
+        decoded = decode_container(container, backbone, quantizer).numpy()
         written, _ = sf.read(str(infer_run / "codebook_hard" / f"{rel}.wav"), dtype="float32")
         # The wav is 16-bit PCM: one quantisation step is 3e-5.
         assert decoded.shape == written.shape and np.abs(decoded - written).max() <= 1e-4
@@ -240,7 +240,68 @@ def test_indices_are_range_coded_under_the_checkpoints_code_frequencies(inputs, 
         ideal = sum(-float(torch.log2(priors[s][c[s].reshape(-1)]).sum()) for c in codes for s in range(2))
         assert ideal <= len(ranged.payload) * 8 <= ideal + 64
         assert len(plain.payload) * 8 == sum(c.numel() for c in codes) * 6
-        torch.testing.assert_close(codec.decode_container(ranged, quantizer, backbone), codec.decode_container(plain, quantizer, backbone))
+        torch.testing.assert_close(codec.decode_container(ranged, backbone, quantizer), codec.decode_container(plain, backbone, quantizer))
     # A checkpoint without code frequencies (the demo predates them) cannot decode a range-coded file.
     backbone, demo = load_inference_codebook(str(DEMO_CKPT))
     assert demo.code_probabilities() is None
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    from recon.diffusion import make_tiny_pipeline_folder
+
+    return make_tiny_pipeline_folder(tmp_path_factory.mktemp("pipeline") / "tiny")
+
+
+DDCM = ["--ddcm-steps", "6", "--ddcm-k", "64", "--seed", "3"]
+
+
+def test_ddcm_files_from_infer_and_the_command_line_decode_on_their_own(inputs, pipeline, tmp_path, capsys):
+    out, coded, decoded = tmp_path / "out", tmp_path / "coded", tmp_path / "decoded"
+    assert infer.main(["--backbone", "random:tiny", "--diffusion", str(pipeline), "--input", str(inputs), "--output", str(out),
+                       "--variants", "ddcm_noise", *DDCM, "--batch-size", "1", "--wandb", "off", "--no-perceptual", "--accelerator", "cpu"]) == 0
+    common = ["--diffusion", str(pipeline), "--device", "cpu", "--quiet"]
+    assert cli.main(["encode", str(inputs), "--codec", "ddcm", *DDCM, *common, "--out", str(coded), "--batch-size", "1"]) == 0
+    # Decoded from the files alone (the pipeline's own VAE and vocoder), every segment of a file in one batch.
+    assert cli.main(["decode", str(out / "ddcm_noise"), *common, "--out", str(decoded), "--normalised", "--batch-size", "4"]) == 0
+    rows = {r["file"]: r for r in read_rows(out)}
+    for rel in ("short", "nested/long"):
+        ours, theirs = loads((coded / f"{rel}.recn").read_bytes()), loads((out / "ddcm_noise" / f"{rel}.recn").read_bytes())
+        assert ours == theirs and ours.header["noise"] == "recon-counter-v1" and (ours.header["steps"], ours.header["K"]) == (6, 64)
+        segments = codec.segments_of(ours)
+        assert len(ours.payload) == -(-len(segments) * 5 * 6 // 8)
+        assert float(rows[f"{rel}.wav"]["measured_bps"]) == pytest.approx((out / "ddcm_noise" / f"{rel}.recn").stat().st_size * 8
+                                                                          / (1.0 if rel == "short" else 12.0))
+        # Segments encoded one at a time, decoded as one batch: equal up to the UNet's batch rounding.
+        wav, _ = sf.read(str(decoded / f"{rel}.wav"), dtype="float32")
+        reference, _ = sf.read(str(out / "ddcm_noise" / f"{rel}.wav"), dtype="float32")
+        assert wav.shape == reference.shape and np.abs(wav - reference).max() <= 1e-4
+    # Another prompt is another conditioning: refused, naming both.
+    files = tmp_path / "files"
+    files.mkdir()
+    header = dict(theirs.header, prompt="rain")
+    (files / "other_prompt.recn").write_bytes(dumps(Container(header, theirs.payload)))
+    capsys.readouterr()
+    assert cli.main(["decode", str(files), *common, "--out", str(tmp_path / "o")]) == 1
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: other_prompt.recn: encoded with other weights (conditioning " + theirs.header["model"]["conditioning"])
+    # A ddcm file needs the diffusion components; a codebook checkpoint alone does not decode it.
+    assert cli.main(["decode", str(out / "ddcm_noise" / "short.recn"), "--ckpt", str(DEMO_CKPT), "--out", str(tmp_path / "p"), "--quiet"]) == 1
+    assert "needs the AudioLDM2 diffusion components (--diffusion)" in capsys.readouterr().err
+
+
+def test_ddcm_decoding_in_a_batch_reproduces_encoding_one_segment_at_a_time(pipeline):
+    """The per-step codebooks and x_T are shared and the argmax is per item, so a batch decodes each
+    item as if alone; the UNet's batch rounding is what remains (stated tolerance: 1e-5 of the latent's
+    peak, float32 rounding through the steps)."""
+    from recon.ddcm import compress, decompress
+    from recon.diffusion import load_diffusion_components
+
+    components = load_diffusion_components(str(pipeline), local_files_only=True)
+    denoiser = components.denoiser("", 7.5)
+    x0 = torch.randn(3, 8, 32, 16, generator=torch.Generator().manual_seed(0))
+    alone = [compress(denoiser, x0[i : i + 1], 8, 32, 5) for i in range(3)]
+    indices = torch.cat([i for i, _ in alone])
+    batched, reference = decompress(denoiser, indices, 8, 32, 5, x0.shape), torch.cat([r for _, r in alone])
+    assert (batched - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert torch.equal(compress(denoiser, x0, 8, 32, 5)[0], indices)

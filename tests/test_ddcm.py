@@ -1,7 +1,8 @@
-"""DDCM core on the analytic Gaussian denoiser: rate-distortion behaviour, exact decoding, the bitstream."""
+"""DDCM core on the analytic Gaussian denoiser: rate-distortion behaviour, exact decoding, portable noise."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -10,16 +11,14 @@ from diffusers import DDIMScheduler
 
 from recon.ddcm import (
     AnalyticGaussianDenoiser,
-    BitstreamError,
-    DDCMHeader,
     DiffusionSchedule,
-    bits_per_item,
+    StepCodebook,
     compress,
     ddim_step,
     decompress,
-    pack,
+    initial_noise,
+    portable_normal,
     predict_x0,
-    unpack,
 )
 from recon.diffusion import AUDIOLDM2_SCHEDULER_CONFIG
 
@@ -136,61 +135,56 @@ def test_decompress_checks_its_arguments(denoiser):
         compress(denoiser, torch.zeros(1, DIM), 5, 12, 0)
 
 
-def _header(steps: int = 25, K: int = 512) -> DDCMHeader:
-    return DDCMHeader(steps=steps, K=K, seed=SEED, shape=(8, 256, 16), dtype="float32", device="cpu", model_id="random:tiny")
+def test_portable_noise_is_a_function_of_seed_stream_and_position_only():
+    """Any slice of a stream equals the same slice of the whole stream (so a decoder computes only
+    the codebook rows it needs, in any chunking), and streams of other seeds or labels differ."""
+    whole = portable_normal(SEED, "codebook:3:256", 0, 10_001)
+    for first, count in ((0, 1), (1, 1), (5, 17), (256, 256), (9_999, 2)):
+        assert torch.equal(portable_normal(SEED, "codebook:3:256", first, count), whole[first : first + count])
+    assert not torch.equal(portable_normal(SEED + 1, "codebook:3:256", 0, 64), whole[:64])
+    assert not torch.equal(portable_normal(SEED, "codebook:4:256", 0, 64), whole[:64])
+    codebook = StepCodebook(SEED, 3, 512, 256, torch.device("cpu"))
+    rows = torch.cat([chunk for _, chunk in codebook.chunks()])
+    picks = torch.tensor([511, 0, 300, 300])
+    assert torch.equal(codebook.rows(picks), rows[picks])
+    assert torch.equal(rows.reshape(-1)[:10_001], whole)
 
 
-def test_pack_unpack_round_trip_and_size(denoiser, x0):
-    steps, K = 25, 512
-    indices, reconstruction = compress(denoiser, x0, steps, K, SEED)
-    data = pack(indices, _header(steps, K))
-    got, header = unpack(data)
-    assert torch.equal(got, indices) and header == _header(steps, K)
-    assert bits_per_item(steps, K) == 24 * 9
-    payload = math.ceil(BATCH * bits_per_item(steps, K) / 8)
-    assert payload < len(data) < payload + 80  # header + CRC are a few dozen bytes
-    decoded = decompress(denoiser, got, header.steps, header.K, header.seed, x0.shape)
-    assert torch.equal(decoded, reconstruction)
+def test_portable_noise_is_standard_normal_and_uncorrelated():
+    x = portable_normal(0, "statistics", 0, 1 << 20).double()
+    assert abs(float(x.mean())) < 5e-3 and abs(float(x.std()) - 1) < 5e-3
+    assert abs(float((x[:-1] * x[1:]).mean())) < 5e-3  # neighbours (Box-Muller pairs included)
+    assert abs(float((x[:-256] * x[256:]).mean())) < 5e-3  # the same column of adjacent codebook rows
+    # Tails of a standard normal: P(|x| > 3) = 0.0027.
+    assert float((x.abs() > 3).double().mean()) == pytest.approx(0.0027, rel=0.1)
 
 
-@pytest.mark.parametrize("K", [2, 8, 1024, 4096])
-def test_pack_unpack_exact_for_any_bit_width(K):
-    indices = torch.randint(0, K, (3, 11), generator=torch.Generator().manual_seed(K))
-    indices[0, 0], indices[-1, -1] = K - 1, 0
-    got, header = unpack(pack(indices, _header(steps=12, K=K)))
-    assert torch.equal(got, indices) and header.K == K
+def reference_normal(seed: int, label: str, count: int) -> list[float]:
+    """recon-counter-v1 as the format defines it, in Python integers and floats."""
+    digest = hashlib.blake2b(f"recon.ddcm:{seed}:{label}".encode(), digest_size=8).digest()
+    keys, mask = (int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")), 0xFFFFFFFF
+
+    def fmix32(x: int) -> int:
+        x ^= x >> 16
+        x = x * 0x85EBCA6B & mask
+        x ^= x >> 13
+        x = x * 0xC2B2AE35 & mask
+        return x ^ (x >> 16)
+
+    def uniform(n: int) -> float:
+        return ((fmix32(fmix32((n & mask) ^ keys[0]) ^ (n >> 32) ^ keys[1]) >> 8) + 0.5) / 2**24
+
+    values = []
+    for m in range((count + 1) // 2):
+        radius, theta = math.sqrt(-2 * math.log(uniform(2 * m))), 2 * math.pi * uniform(2 * m + 1)
+        values += [radius * math.cos(theta), radius * math.sin(theta)]
+    return values[:count]
 
 
-def test_every_flipped_byte_and_every_truncation_is_rejected():
-    data = pack(torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(4)), _header(steps=10, K=64))
-    for position in range(len(data)):
-        corrupted = bytearray(data)
-        corrupted[position] ^= 0x5A
-        with pytest.raises(BitstreamError):
-            unpack(bytes(corrupted))
-    for length in range(len(data)):
-        with pytest.raises(BitstreamError):
-            unpack(data[:length])
-    with pytest.raises(BitstreamError, match="trailing"):
-        unpack(data + b"\0")
-
-
-def test_bitstream_errors_say_what_is_wrong():
-    data = pack(torch.zeros(1, 4, dtype=torch.long), _header(steps=5, K=16))
-    with pytest.raises(BitstreamError, match="magic"):
-        unpack(b"RIFF" + data[4:])
-    with pytest.raises(BitstreamError, match="version"):
-        unpack(data[:4] + bytes([99]) + data[5:])
-    with pytest.raises(BitstreamError, match="truncated"):
-        unpack(data[:-3])
-    corrupted = bytearray(data)
-    corrupted[-5] ^= 1  # last payload byte
-    with pytest.raises(BitstreamError, match="CRC"):
-        unpack(bytes(corrupted))
-
-
-def test_pack_rejects_indices_that_do_not_fit_the_header():
-    with pytest.raises(ValueError):
-        pack(torch.zeros(1, 3, dtype=torch.long), _header(steps=5, K=16))
-    with pytest.raises(ValueError):
-        pack(torch.full((1, 4), 16), _header(steps=5, K=16))
+def test_portable_noise_follows_its_definition():
+    """The tensor implementation equals the format's definition written in plain Python: a file written
+    by any recon, on any device, decodes with these values. Changing them is a new NOISE_GENERATOR."""
+    for seed, label, count in ((0, "x_T:(8,)", 8), (7, "codebook:3:256", 257), (2**40, "codebook:0:32768", 5)):
+        expected = torch.tensor(reference_normal(seed, label, count), dtype=torch.float32)
+        torch.testing.assert_close(portable_normal(seed, label, 0, count), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(initial_noise(0, (2, 8)), torch.tensor([reference_normal(0, "x_T:(8,)", 8)] * 2), rtol=0, atol=1e-6)

@@ -145,20 +145,15 @@ def test_diffusion_variants_on_two_devices(tmp_path):
     for variant in ("ddcm_input", "ddcm_noise", "text2audio"):
         assert sf.info(str(out / variant / "t2.wav")).frames == 3 * 16000
 
-    # The .ddcm bitstream alone (with the shared seed and model) reproduces the written audio.
-    import torch
-
+    # The .recn file alone (with the named pipeline) reproduces the written audio.
     from recon.backbone import FrozenAudioLDM2
-    from recon.ddcm import decompress, unpack
+    from recon.codec import decode_container
+    from recon.container import loads
     from recon.diffusion import load_diffusion_components
 
-    indices, header = unpack((out / "ddcm_noise" / "t1.ddcm").read_bytes())
-    assert (header.steps, header.K, header.shape, header.model_id) == (4, 16, (8, 256, 16), str(pipeline))
-    assert indices.shape == (1, 3)
+    container = loads((out / "ddcm_noise" / "t1.recn").read_bytes())
+    assert (container.header["steps"], container.header["K"], container.header["num_samples"]) == (4, 16, 2 * 16000)
     components = load_diffusion_components(str(pipeline), local_files_only=True)
-    latent = decompress(components.denoiser("", 7.5), indices, header.steps, header.K, header.seed, (1, *header.shape))
-    backbone = FrozenAudioLDM2.from_source("random:tiny")
-    with torch.no_grad():
-        wav = backbone.vocode(backbone.decode(latent / components.scaling_factor), 2 * 16000)[0]
+    wav = decode_container(container, FrozenAudioLDM2.from_source("random:tiny"), diffusion=components)
     written, _ = sf.read(str(out / "ddcm_noise" / "t1.wav"), dtype="float32")
-    np.testing.assert_allclose(written, wav.numpy(), atol=1e-5)
+    np.testing.assert_allclose(written, wav.numpy(), atol=1e-4)
