@@ -1,0 +1,244 @@
+"""Rate against distortion of recon's codecs on held-out example clips: residual VQ at 1..N stages
+(nominal and entropy-coded) and, with --diffusion, DDCM at several (steps, K).
+
+    python bench/rate_distortion.py                                  # random:full backbone, a 4-stage ladder
+    python bench/rate_distortion.py --diffusion random:tiny --ddcm 6x64,12x64,12x256
+    python bench/rate_distortion.py --ckpt ladder.ckpt               # a ladder trained by train.py
+
+Every point is the codec itself: files are written with recon.codec (container, range coder) and
+decoded back with decode_container, so the measured rate counts headers and padding, and the
+distortion is that of the decoded audio. Per point, over the held-out clips:
+* ``nominal_bps`` (``stages x log2 K x 400``; DDCM: ``(steps - 1) log2 K`` per 10.24 s segment)
+  and ``measured_bps`` (file bytes x 8 / seconds; ``fixed_bps`` without the range coder);
+* ``latent_snr_db`` pooled over the latent vectors; ``log_mel_db`` (AudioLDM2 log-mel distance of
+  the decoded audio to the input, mean over clips);
+* for RVQ stage s, ``kmeans_snr_db``: greedy residual Lloyd k-means (stage s on the training
+  residuals of k-means stages 1..s-1), the optimum each stage's training should reach.
+
+Without ``--ckpt`` the ladder is trained here on the training clips' posterior means (recon's
+VectorQuantizer, EMA, k-means initialised, ``--steps`` minibatches, quantizer dropout 0.5), like
+bench/codebook_vs_kmeans.py trains one stage. DDCM points use the diffusion pipeline's own VAE and
+vocoder (their latents), so with random weights they say how the codec behaves, not how it sounds.
+Prints a table, writes a PNG plot (``--plot``), then one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recon import codec  # noqa: E402
+from recon.audio import MelFrontEnd, load_audio, normalisation_gain, normalise, split_file  # noqa: E402
+from recon.backbone import FrozenAudioLDM2  # noqa: E402
+from recon.codebook import CodebookConfig, VectorQuantizer  # noqa: E402
+from recon.container import dumps  # noqa: E402
+from recon.metrics import log_mel_distance_db  # noqa: E402
+from recon.variants import VariantSettings  # noqa: E402
+
+CLIPS = sorted((ROOT / "examples" / "audio").rglob("*.flac"))
+HELD_OUT = "speech/voice_3.flac,music/sweep_organ.flac"
+
+
+def snr_db(z: torch.Tensor, z_q: torch.Tensor) -> float:
+    return 10 * math.log10(float(z.double().pow(2).sum() / (z.double() - z_q.double()).pow(2).sum()))
+
+
+@torch.no_grad()
+def encode_clips(paths: list[Path], backbone, frontend) -> list[dict]:
+    """Per clip: its normalised waveform, level, segments and per-segment posterior means."""
+    clips = []
+    for path in paths:
+        raw = load_audio(path)
+        wav = normalise(raw)
+        segments = split_file(wav, backbone.spec)
+        means = [backbone.encode(frontend(s[None])).mean.float()[0] for s in segments]
+        clips.append({"name": path.relative_to(ROOT / "examples" / "audio").as_posix(), "wav": wav, "level": normalisation_gain(raw),
+                      "segments": [s.shape[-1] for s in segments], "means": means})
+    return clips
+
+
+def vectors(means: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([m.permute(1, 2, 0).reshape(-1, m.shape[0]) for m in means])
+
+
+def lloyd(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
+    """Plain k-means: k-means++ seeding, then Lloyd iterations (empty clusters keep their code)."""
+    g = torch.Generator().manual_seed(seed)
+    codes = x[torch.randint(len(x), (1,), generator=g)]
+    d2 = (x - codes[0]).pow(2).sum(1)
+    for _ in range(1, k):
+        new = x[torch.multinomial(d2, 1, generator=g)]
+        codes, d2 = torch.cat([codes, new]), torch.minimum(d2, (x - new).pow(2).sum(1))
+    for _ in range(iters):
+        idx = torch.cdist(x, codes).argmin(1)
+        counts = torch.bincount(idx, minlength=k)[:, None]
+        codes = torch.where(counts > 0, torch.zeros_like(codes).index_add_(0, idx, x) / counts.clamp_min(1), codes)
+    return codes
+
+
+def train_ladder(train: torch.Tensor, args) -> VectorQuantizer:
+    cfg = CodebookConfig(num_codes=args.codes, update="ema", dead_code_threshold=100, stages=args.stages, quantizer_dropout=0.5)
+    vq = VectorQuantizer(cfg).train()
+    vq.init_from_latents(train)
+    g = torch.Generator().manual_seed(args.seed)
+    for step in range(args.steps):
+        vq.reseed(args.seed * 1_000_003 + step)
+        vq(train[torch.randint(len(train), (args.batch,), generator=g)][:, :, None])
+    return vq.eval()
+
+
+def rvq_points(clips: list[dict], backbone, quantizer, kmeans_snr: list[float]) -> list[dict]:
+    points = []
+    for stages in range(1, quantizer.num_stages + 1):
+        measured = fixed = seconds = 0.0
+        z_all, zq_all, distances = [], [], []
+        for clip in clips:
+            codes = [quantizer.residual_indices(m[None], stages)[0] for m in clip["means"]]
+            num_samples = clip["wav"].numel()
+            ranged = codec.codebook_container(codes, clip["segments"], num_samples, quantizer, backbone, clip["level"])
+            plain = codec.codebook_container(codes, clip["segments"], num_samples, quantizer, backbone, clip["level"], entropy=False)
+            measured += len(dumps(ranged)) * 8
+            fixed += len(dumps(plain)) * 8
+            seconds += num_samples / backbone.spec.sample_rate
+            wav = codec.decode_container(ranged, backbone, quantizer)
+            distances.append(float(log_mel_distance_db(clip["wav"][None], wav[None].cpu())[0]))
+            z_all += clip["means"]
+            zq_all += [quantizer.decode_residual(c[None])[0] for c in codes]
+        points.append({"codec": f"rvq@{stages}", "nominal_bps": stages * quantizer.bits_per_index * 400, "measured_bps": measured / seconds,
+                       "fixed_bps": fixed / seconds, "latent_snr_db": snr_db(vectors(z_all), vectors(zq_all)),
+                       "kmeans_snr_db": kmeans_snr[stages - 1], "log_mel_db": float(np.mean(distances))})
+    return points
+
+
+def ddcm_points(clips: list[dict], backbone, diffusion, grid: list[tuple[int, int]], seed: int) -> list[dict]:
+    from recon.ddcm import compress
+
+    points = []
+    denoiser = diffusion.denoiser("", 7.5)
+    for steps, K in grid:
+        settings = VariantSettings(seed=seed, ddcm_steps=steps, ddcm_k=K)
+        measured = seconds = 0.0
+        z_all, zq_all, distances = [], [], []
+        for clip in clips:
+            scale = diffusion.scaling_factor
+            results = [compress(denoiser, m[None] * scale, steps, K, seed) for m in clip["means"]]
+            container = codec.ddcm_container([r[0][0] for r in results], clip["segments"], clip["wav"].numel(), settings, diffusion,
+                                             backbone, clip["level"])
+            measured += len(dumps(container)) * 8
+            seconds += clip["wav"].numel() / backbone.spec.sample_rate
+            wav = codec.decode_container(container, backbone, diffusion=diffusion)
+            distances.append(float(log_mel_distance_db(clip["wav"][None], wav[None].cpu())[0]))
+            z_all += clip["means"]
+            zq_all += [r[1][0] / scale for r in results]
+        points.append({"codec": f"ddcm@T{steps}-K{K}", "nominal_bps": settings.ddcm_bitrate_bps, "measured_bps": measured / seconds,
+                       "fixed_bps": measured / seconds, "latent_snr_db": snr_db(vectors(z_all), vectors(zq_all)),
+                       "kmeans_snr_db": None, "log_mel_db": float(np.mean(distances))})
+    return points
+
+
+def plot(points: list[dict], path: Path) -> None:
+    """Two panels, bits/s (log scale) against latent SNR and against log-mel distance."""
+    width, height, pad = 1000, 420, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    rates = [p[k] for p in points for k in ("nominal_bps", "measured_bps")]
+    lo, hi = math.log10(min(rates)) - 0.1, math.log10(max(rates)) + 0.1
+    colours = {"rvq": (31, 119, 180), "ddcm": (214, 39, 40)}
+    for panel, (metric, label) in enumerate((("latent_snr_db", "latent SNR (dB, higher is better)"), ("log_mel_db", "log-mel distance (dB, lower is better)"))):
+        x0, x1, y0, y1 = pad + panel * width // 2, (panel + 1) * width // 2 - 20, pad, height - pad
+        values = [p[metric] for p in points]
+        vmin, vmax = min(values) - 0.5, max(values) + 0.5
+        draw.rectangle([x0, y0, x1, y1], outline="black")
+        draw.text((x0, y1 + 20), f"bits/s, log scale: {10 ** lo:.0f} .. {10 ** hi:.0f}", fill="black")
+        draw.text((x0, y0 - 20), f"{label}: {vmin:.1f} (bottom) .. {vmax:.1f} (top)", fill="black")
+        for kind in ("nominal_bps", "measured_bps"):
+            for p in points:
+                x = x0 + (math.log10(p[kind]) - lo) / (hi - lo) * (x1 - x0)
+                y = y1 - (p[metric] - vmin) / (vmax - vmin) * (y1 - y0)
+                colour = colours[p["codec"].split("@")[0]]
+                r = 5
+                if kind == "nominal_bps":
+                    draw.ellipse([x - r, y - r, x + r, y + r], outline=colour)
+                else:
+                    draw.rectangle([x - r, y - r, x + r, y + r], fill=colour)
+                draw.text((x + 7, y - 7), p["codec"], fill=colour)
+    draw.text((pad, 10), "o nominal rate, filled square measured (entropy-coded file); blue rvq, red ddcm", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="random:full", help="backbone of the RVQ points (default: %(default)s)")
+    p.add_argument("--ckpt", help="a ladder trained by train.py (its backbone unless --backbone); default: train one here")
+    p.add_argument("--held-out", default=HELD_OUT, help="comma-separated clips of examples/audio evaluated (the rest train)")
+    p.add_argument("--stages", type=int, default=4)
+    p.add_argument("--codes", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=1500, help="training minibatches of the ladder")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--kmeans-iters", type=int, default=50)
+    p.add_argument("--diffusion", help="AudioLDM2 pipeline for DDCM points (cvssp/audioldm2, a folder, random:tiny)")
+    p.add_argument("--ddcm", default="6x64,12x64,12x256,24x256", help="DDCM points as STEPSxK, comma-separated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default="bench/rate_distortion.png")
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    held = set(args.held_out.split(","))
+    evaluated = [c for c in CLIPS if c.relative_to(ROOT / "examples" / "audio").as_posix() in held]
+    training = [c for c in CLIPS if c not in evaluated]
+    if args.ckpt:
+        from recon.lit import load_inference_codebook
+
+        backbone, quantizer = load_inference_codebook(args.ckpt, backbone=args.backbone if args.backbone != "random:full" else None)
+    else:
+        backbone, quantizer = FrozenAudioLDM2.from_source(args.backbone), None
+    frontend = MelFrontEnd(backbone.spec)
+    train_clips, eval_clips = encode_clips(training, backbone, frontend), encode_clips(evaluated, backbone, frontend)
+    train = vectors([m for c in train_clips for m in c["means"]])
+    if quantizer is None:
+        quantizer = train_ladder(train, args)
+        # code_frequency counted training minibatches: the range coder's prior, as train.py keeps it.
+    held_out = vectors([m for c in eval_clips for m in c["means"]])
+    kmeans_snr, residual_train, residual_eval, total = [], train.clone(), held_out.clone(), torch.zeros_like(held_out)
+    for _ in range(quantizer.num_stages):
+        codes = lloyd(residual_train, quantizer.cfg.num_codes, args.kmeans_iters, args.seed)
+        residual_train = residual_train - codes[torch.cdist(residual_train, codes).argmin(1)]
+        step = codes[torch.cdist(residual_eval, codes).argmin(1)]
+        total, residual_eval = total + step, residual_eval - step
+        kmeans_snr.append(snr_db(held_out, total))
+    points = rvq_points(eval_clips, backbone, quantizer, kmeans_snr)
+    if args.diffusion:
+        from recon.diffusion import load_diffusion_components
+
+        diffusion = load_diffusion_components(args.diffusion)
+        ddcm_backbone = FrozenAudioLDM2(diffusion.pipe.vae, diffusion.pipe.vocoder, source=args.diffusion)
+        ddcm_clips = encode_clips(evaluated, ddcm_backbone, MelFrontEnd(ddcm_backbone.spec))
+        grid = [tuple(int(v) for v in point.split("x")) for point in args.ddcm.split(",")]
+        points += ddcm_points(ddcm_clips, ddcm_backbone, diffusion, grid, args.seed)
+    plot(points, ROOT / args.plot)
+    print(f"{'codec':18s} {'nominal b/s':>11s} {'measured':>9s} {'fixed':>9s} {'latent SNR':>10s} {'k-means':>8s} {'log-mel dB':>10s}")
+    for q in points:
+        kmeans = f"{q['kmeans_snr_db']:8.2f}" if q["kmeans_snr_db"] is not None else f"{'-':>8s}"
+        print(f"{q['codec']:18s} {q['nominal_bps']:11.1f} {q['measured_bps']:9.1f} {q['fixed_bps']:9.1f} {q['latent_snr_db']:10.2f} {kmeans} {q['log_mel_db']:10.2f}")
+    result = {"bench": "rate_distortion", "backbone": backbone.source, "ckpt": args.ckpt, "held_out": sorted(held),
+              "train_vectors": len(train), "held_out_vectors": len(held_out), "threads": torch.get_num_threads(),
+              "loadavg_1m": os.getloadavg()[0], "seconds": time.perf_counter() - started, "plot": args.plot,
+              "points": [{k: round(v, 3) if isinstance(v, float) else v for k, v in q.items()} for q in points]}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
