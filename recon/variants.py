@@ -392,8 +392,11 @@ def ddcm_input(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     z_q = hard_codes(models, x.mean, "ddcm_input")
     # One UNet batch for every segment of the chunk; each segment's noise has its own seed.
     seeds = [segment_seed(settings.seed, key) for key in x.keys]
-    refined = sdedit_refine(diffusion, z_q * scale, settings.refine_strength, settings.diffusion_steps,
-                            settings.guidance_scale, settings.refine_prompt, seeds) / scale
+    if settings.refine_strength == 0:
+        refined = z_q  # the codebook alone, exactly: no round trip through the UNet's latent scale
+    else:
+        refined = sdedit_refine(diffusion, z_q * scale, settings.refine_strength, settings.diffusion_steps,
+                                settings.guidance_scale, settings.refine_prompt, seeds) / scale
     return Reconstruction(decode_and_vocode(models, refined, x.wav.shape[-1]), latent=refined)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -157,3 +158,28 @@ def test_diffusion_variants_on_two_devices(tmp_path):
     wav = decode_container(container, FrozenAudioLDM2.from_source("random:tiny"), diffusion=components)
     written, _ = sf.read(str(out / "ddcm_noise" / "t1.wav"), dtype="float32")
     np.testing.assert_allclose(written, wav.numpy(), atol=1e-4)
+
+
+def test_parameter_sweeps_give_one_column_per_value(tmp_path, capsys):
+    from recon.diffusion import make_tiny_pipeline_folder
+
+    pipeline = make_tiny_pipeline_folder(tmp_path / "pipeline")
+    write_tone(tmp_path / "in" / "a.wav", 1.5, freq=330)
+    out = tmp_path / "out"
+    code, _ = main(["--ckpt", str(DEMO_CKPT), "--diffusion", str(pipeline), "--input", str(tmp_path / "in"), "--output", str(out),
+                    "--variants", "codebook_hard,ddcm_input,ddcm_noise", "--refine-strength", "0,0.5", "--diffusion-steps", "2",
+                    "--ddcm-steps", "3,5", "--ddcm-k", "16", "--wandb", "off", "--no-perceptual", "--accelerator", "cpu"], capsys)
+    assert code == 0
+    rows = {r["variant"]: r for r in read_csv(out / "metrics.csv")}
+    assert set(rows) == {"codebook_hard", "ddcm_input@0", "ddcm_input@0.5", "ddcm_noise@T3-K16", "ddcm_noise@T5-K16"}
+    # Each point carries its own settings: DDCM's nominal rate is (steps - 1) log2 K per 10.24 s.
+    assert float(rows["ddcm_noise@T3-K16"]["bitrate_bps"]) == pytest.approx(2 * 4 / 10.24)
+    assert float(rows["ddcm_noise@T5-K16"]["bitrate_bps"]) == pytest.approx(4 * 4 / 10.24)
+    # Strength 0 is the codebook alone; 0.5 is not.
+    hard, _ = sf.read(str(out / "codebook_hard" / "a.wav"), dtype="float32")
+    zero, _ = sf.read(str(out / "ddcm_input@0" / "a.wav"), dtype="float32")
+    half, _ = sf.read(str(out / "ddcm_input@0.5" / "a.wav"), dtype="float32")
+    np.testing.assert_array_equal(zero, hard)
+    assert np.abs(half - hard).max() > 0.1 * np.abs(hard).max()
+    summary = json.loads((out / "summary.json").read_text())["variants"]
+    assert summary["ddcm_noise@T5-K16"]["measured_bps"] > summary["ddcm_noise@T3-K16"]["measured_bps"]
