@@ -16,7 +16,7 @@ distortion is that of the decoded audio. Per point, over the held-out clips:
   residuals of k-means stages 1..s-1), the optimum each stage's training should reach.
 
 Without ``--ckpt`` the ladder is trained here on the training clips' posterior means (recon's
-VectorQuantizer, EMA, k-means initialised, ``--steps`` minibatches, quantizer dropout 0.5), like
+VectorQuantizer, EMA, k-means initialised, ``--steps`` minibatches, ``--dropout`` 0.5), like
 bench/codebook_vs_kmeans.py trains one stage. DDCM points use the diffusion pipeline's own VAE and
 vocoder (their latents), so with random weights they say how the codec behaves, not how it sounds.
 Prints a table, writes a PNG plot (``--plot``), then one JSON object as its last line.
@@ -89,7 +89,7 @@ def lloyd(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
 
 
 def train_ladder(train: torch.Tensor, args) -> VectorQuantizer:
-    cfg = CodebookConfig(num_codes=args.codes, update="ema", dead_code_threshold=100, stages=args.stages, quantizer_dropout=0.5)
+    cfg = CodebookConfig(num_codes=args.codes, update="ema", dead_code_threshold=100, stages=args.stages, quantizer_dropout=args.dropout)
     vq = VectorQuantizer(cfg).train()
     vq.init_from_latents(train)
     g = torch.Generator().manual_seed(args.seed)
@@ -188,6 +188,7 @@ def main() -> None:
     p.add_argument("--codes", type=int, default=1024)
     p.add_argument("--steps", type=int, default=1500, help="training minibatches of the ladder")
     p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--dropout", type=float, default=0.5, help="quantizer dropout of the ladder trained here (default: %(default)s)")
     p.add_argument("--kmeans-iters", type=int, default=50)
     p.add_argument("--diffusion", help="AudioLDM2 pipeline for DDCM points (cvssp/audioldm2, a folder, random:tiny)")
     p.add_argument("--ddcm", default="6x64,12x64,12x256,24x256", help="DDCM points as STEPSxK, comma-separated")
@@ -233,7 +234,7 @@ def main() -> None:
     for q in points:
         kmeans = f"{q['kmeans_snr_db']:8.2f}" if q["kmeans_snr_db"] is not None else f"{'-':>8s}"
         print(f"{q['codec']:18s} {q['nominal_bps']:11.1f} {q['measured_bps']:9.1f} {q['fixed_bps']:9.1f} {q['latent_snr_db']:10.2f} {kmeans} {q['log_mel_db']:10.2f}")
-    result = {"bench": "rate_distortion", "backbone": backbone.source, "ckpt": args.ckpt, "held_out": sorted(held),
+    result = {"bench": "rate_distortion", "backbone": backbone.source, "ckpt": args.ckpt, "steps": args.steps, "dropout": args.dropout, "held_out": sorted(held),
               "train_vectors": len(train), "held_out_vectors": len(held_out), "threads": torch.get_num_threads(),
               "loadavg_1m": os.getloadavg()[0], "seconds": time.perf_counter() - started, "plot": args.plot,
               "points": [{k: round(v, 3) if isinstance(v, float) else v for k, v in q.items()} for q in points]}

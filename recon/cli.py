@@ -6,7 +6,7 @@
 
 A file decodes from itself and the named model alone; decoding refuses a model whose weights differ
 from those the file was encoded with. A bad input costs one line on stderr and the other inputs go
-on (exit status 1); an existing output is kept unless ``--overwrite`` (exit status 2 for a usage error).
+on (exit status 1); an existing output is kept unless --overwrite (exit status 2 for a usage error).
 """
 
 from __future__ import annotations

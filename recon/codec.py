@@ -7,8 +7,9 @@ and fingerprints of the weights it must be decoded with:
 * ``codebook``: the nearest code of the trained codebook per latent vector, ``log2 K`` bits each;
   with ``stages`` > 1, the codes of the first stages of the residual ladder, ``stages x log2 K``.
   With a checkpoint that kept code frequencies (every one trained by this recon), the indices are
-  range-coded (``constriction``) under each stage's code frequencies (``coding: categorical``);
-  without, written at ``log2 K`` bits (``coding: fixed``). The nominal rate is ``log2 K`` either way.
+  range-coded (``constriction``) under each stage's code frequencies (``coding: categorical``)
+  when that is smaller; otherwise, or without frequencies, written at ``log2 K`` bits (``coding:
+  fixed``). The nominal rate is ``log2 K`` either way.
 * ``ddcm``: the indices of true DDCM (recon.ddcm), ``log2 K`` bits per segment and step, with the
   steps, K, seed, prompt and guidance that replay the sampler; its noise is recon.ddcm's portable
   generator, so a file encoded on one device decodes on any other.
@@ -164,12 +165,15 @@ def codebook_container(codes: list[Tensor], segments: list[int], num_samples: in
     bits = math.ceil(math.log2(quantizer.cfg.num_codes))
     priors = quantizer.code_probabilities(stages) if entropy else None
     model = {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)}
-    if priors is None:
-        payload = pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits)
-    else:
-        model["prior"] = prior_fingerprint(priors)
+    payload = pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits)
+    if priors is not None:
         numpy_priors = [p.numpy() for p in priors]
-        payload = range_encode([(stage.reshape(-1).cpu().numpy(), numpy_priors[s]) for c in codes for s, stage in enumerate(c)])
+        ranged = range_encode([(stage.reshape(-1).cpu().numpy(), numpy_priors[s]) for c in codes for s, stage in enumerate(c)])
+        # Indices unlike the training data can cost more than log2 K under the prior: keep the smaller.
+        if len(ranged) < len(payload):
+            payload, model["prior"] = ranged, prior_fingerprint(priors)
+        else:
+            priors = None
     header = {
         "codec": "codebook",
         "sample_rate": backbone.spec.sample_rate,
