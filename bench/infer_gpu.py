@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from recon.audio import AudioSpec, MelFrontEnd, normalise  # noqa: E402
 from recon.backbone import FrozenAudioLDM2  # noqa: E402
 from recon.codebook import CodebookConfig, VectorQuantizer  # noqa: E402
+from recon.compile import COMPILE_MODES  # noqa: E402
 from recon.precision import check_precision  # noqa: E402
 from recon.runner import ResultWriter, RunInfo, VariantRunner, collate_files  # noqa: E402
 from recon.variants import Models, VariantSettings, resolve  # noqa: E402
@@ -77,6 +78,7 @@ def main() -> None:
     p.add_argument("--num-workers", type=int, default=8)
     p.add_argument("--perceptual", action="store_true", help="also PESQ/STOI (CPU, in the writer)")
     p.add_argument("--out", help="output folder (default: a temporary one, removed afterwards)")
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the networks, as infer.py --compile")
     args = p.parse_args()
 
     backbone = FrozenAudioLDM2.from_source(args.backbone)
@@ -93,7 +95,7 @@ def main() -> None:
                             callbacks=[writer, first], enable_progress_bar=False, enable_model_summary=False)
         loader = DataLoader(SyntheticClips(args.clips, args.seconds, backbone.spec), batch_size=args.batch_size,
                             num_workers=args.num_workers, collate_fn=collate_files, persistent_workers=False)
-        runner = VariantRunner(models, variants, settings, segment_batch=args.batch_size)
+        runner = VariantRunner(models, variants, settings, segment_batch=args.batch_size, compile_mode=args.compile)
         trainer.predict(runner, loader, return_predictions=False)
         done = time.perf_counter()
         assert (out / "summary.json").is_file(), "the run wrote no summary.json"
@@ -108,6 +110,7 @@ def main() -> None:
         "backbone": args.backbone,
         "variants": [v.name for v in variants],
         "precision": args.precision,
+        "compile": args.compile,
         "clips": args.clips,
         "clip_seconds": args.seconds,
         "batch_size": args.batch_size,
