@@ -212,6 +212,44 @@ def scores(assign, held_out: torch.Tensor, train: torch.Tensor, k: int) -> dict:
     return out
 
 
+def compare_ladder(train: torch.Tensor, held_out: torch.Tensor, k: int, args, info: dict, t_start: float) -> None:
+    """Held-out SNR after each stage: recon's ladder against Lloyd k-means fitted stage by stage on the
+    training residuals of the k-means stages before it (each stage's optimum given those before)."""
+    reference, residual, residual_held, total = [], train.clone(), held_out.clone(), torch.zeros_like(held_out)
+    t = time.perf_counter()
+    for _ in range(args.ladder):
+        codes = lloyd(residual, k, args.kmeans_iters, args.seed)
+        residual = residual - codes[nearest(residual, codes)]
+        chosen = codes[nearest(residual_held, codes)]
+        total, residual_held = total + chosen, residual_held - chosen
+        reference.append(snr_db(held_out, total))
+    kmeans_s = time.perf_counter() - t
+    cfg = CodebookConfig(num_codes=k, dim=train.shape[1], update="ema", ema_decay=args.ema_decay, kmeans_iters=args.init_iters,
+                         dead_code_threshold=args.dead_code_threshold, seed=args.seed, stages=args.ladder, quantizer_dropout=args.dropout)
+    t = time.perf_counter()
+    vq = VectorQuantizer(cfg).train()
+    vq.init_from_latents(train)
+    for step, idx in enumerate(minibatches(len(train), args.steps, args.batch, args.seed)):
+        vq.reseed(args.seed * 1_000_003 + step)
+        vq(train[idx])
+    vq.eval()
+    recon_s = time.perf_counter() - t
+    with torch.no_grad():
+        ours = [snr_db(held_out, vq.decode_residual(vq.residual_indices(held_out, n))) for n in range(1, args.ladder + 1)]
+    print(f"\n{'stage':>5}{'k-means dB':>12}{'recon dB':>10}{'gap dB':>8}   target: gap >= -0.05")
+    for n, (a, b) in enumerate(zip(reference, ours), start=1):
+        print(f"{n:>5}{a:>12.3f}{b:>10.3f}{b - a:>8.3f}   {'PASS' if b - a >= -0.05 else 'FAIL'}")
+    print(json.dumps({
+        "bench": "codebook_vs_kmeans", "mode": "ladder", "stages": args.ladder, "dropout": args.dropout, "n_train": len(train),
+        "n_held_out": len(held_out), "codes": k, "steps": args.steps, "batch": args.batch, "kmeans_iters": args.kmeans_iters,
+        "ema_decay": args.ema_decay, "dead_code_threshold": args.dead_code_threshold, **info,
+        "kmeans_snr_db": [round(v, 3) for v in reference], "recon_snr_db": [round(v, 3) for v in ours],
+        "gap_db": [round(b - a, 3) for a, b in zip(reference, ours)], "all_targets_pass": all(b - a >= -0.05 for a, b in zip(reference, ours)),
+        "kmeans_s": round(kmeans_s, 1), "recon_s": round(recon_s, 1), "threads": torch.get_num_threads(),
+        "loadavg_1m": os.getloadavg()[0], "runtime_s": round(time.perf_counter() - t_start, 1),
+    }))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--latents", choices=["audio", "gaussian-mixture"], default="audio")
@@ -234,6 +272,10 @@ def main() -> None:
     p.add_argument("--anneal-steps", type=int, default=None, help="soft temperature anneal steps (default: --steps)")
     p.add_argument("--modes", default="hard/grad,hard/ema,soft/grad")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ladder", type=int, default=0,
+                   help="instead: a residual ladder of this many stages (hard/ema, quantizer dropout --dropout) against greedy "
+                        "residual k-means, stage by stage; target within 0.05 dB at every stage")
+    p.add_argument("--dropout", type=float, default=0.5, help="quantizer dropout of --ladder")
     args = p.parse_args()
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -245,6 +287,9 @@ def main() -> None:
     train, held_out, k = train.float().contiguous(), held_out.float().contiguous(), args.codes
     print(f"latents: {args.latents}, {len(train)} training / {len(held_out)} held-out vectors of dim {train.shape[1]}, "
           f"train rms {train.pow(2).mean().sqrt():.4f}")
+
+    if args.ladder:
+        return compare_ladder(train, held_out, k, args, info, t_start)
 
     results, times = {}, {}
     t = time.perf_counter()
