@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (Lightning strategies)")
     p.add_argument("--precision", default="32-true", help=f"{', '.join(SUPPORTED_PRECISIONS)}: the networks run under autocast, the front-end, quantizer, filters and metrics stay float32 (default: %(default)s; Lightning runs 16-mixed as bf16-mixed on CPU)")
-    p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the VAE, vocoder and UNet: worth it on a GPU for long runs; reduce-overhead adds CUDA graphs (default: %(default)s)")
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the VAE, vocoder and UNet (reduce-overhead adds CUDA graphs); 1.05x on 2 CPU cores after 140 s of compiling, not measured on a GPU (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=4, help="10.24 s segments per forward pass (and files per step)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
     p.add_argument("--rvq-stages", type=number_list(int), metavar="N[,N...]",
@@ -85,7 +85,7 @@ def number_list(kind):
         try:
             return [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} or a comma-separated list of them, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected one {kind.__name__} value or comma-separated {kind.__name__} values, got {text!r}") from None
 
     parse.__name__ = f"{kind.__name__} list"
     return parse
