@@ -86,8 +86,6 @@ def number_list(kind):
             return [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected one {kind.__name__} value or comma-separated {kind.__name__} values, got {text!r}") from None
-
-    parse.__name__ = f"{kind.__name__} list"
     return parse
 
 

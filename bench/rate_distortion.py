@@ -47,12 +47,12 @@ from recon.container import dumps  # noqa: E402
 from recon.metrics import log_mel_distance_db  # noqa: E402
 from recon.variants import VariantSettings  # noqa: E402
 
+# The same k-means and SNR as the one-stage quantizer benchmark next to this script.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from codebook_vs_kmeans import lloyd, nearest, snr_db  # noqa: E402
+
 CLIPS = sorted((ROOT / "examples" / "audio").rglob("*.flac"))
 HELD_OUT = "speech/voice_3.flac,music/sweep_organ.flac"
-
-
-def snr_db(z: torch.Tensor, z_q: torch.Tensor) -> float:
-    return 10 * math.log10(float(z.double().pow(2).sum() / (z.double() - z_q.double()).pow(2).sum()))
 
 
 @torch.no_grad()
@@ -71,21 +71,6 @@ def encode_clips(paths: list[Path], backbone, frontend) -> list[dict]:
 
 def vectors(means: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([m.permute(1, 2, 0).reshape(-1, m.shape[0]) for m in means])
-
-
-def lloyd(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
-    """Plain k-means: k-means++ seeding, then Lloyd iterations (empty clusters keep their code)."""
-    g = torch.Generator().manual_seed(seed)
-    codes = x[torch.randint(len(x), (1,), generator=g)]
-    d2 = (x - codes[0]).pow(2).sum(1)
-    for _ in range(1, k):
-        new = x[torch.multinomial(d2, 1, generator=g)]
-        codes, d2 = torch.cat([codes, new]), torch.minimum(d2, (x - new).pow(2).sum(1))
-    for _ in range(iters):
-        idx = torch.cdist(x, codes).argmin(1)
-        counts = torch.bincount(idx, minlength=k)[:, None]
-        codes = torch.where(counts > 0, torch.zeros_like(codes).index_add_(0, idx, x) / counts.clamp_min(1), codes)
-    return codes
 
 
 def train_ladder(train: torch.Tensor, args) -> VectorQuantizer:
@@ -216,8 +201,8 @@ def main() -> None:
     kmeans_snr, residual_train, residual_eval, total = [], train.clone(), held_out.clone(), torch.zeros_like(held_out)
     for _ in range(quantizer.num_stages):
         codes = lloyd(residual_train, quantizer.cfg.num_codes, args.kmeans_iters, args.seed)
-        residual_train = residual_train - codes[torch.cdist(residual_train, codes).argmin(1)]
-        step = codes[torch.cdist(residual_eval, codes).argmin(1)]
+        residual_train = residual_train - codes[nearest(residual_train, codes)]
+        step = codes[nearest(residual_eval, codes)]
         total, residual_eval = total + step, residual_eval - step
         kmeans_snr.append(snr_db(held_out, total))
     points = rvq_points(eval_clips, backbone, quantizer, kmeans_snr)

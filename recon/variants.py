@@ -112,7 +112,6 @@ class Variant:
     codes_suffix: str = ""
     # The settings a sweep point fixes (``ddcm_input@0.2`` has refine_strength=0.2): see sweep().
     overrides: tuple[tuple[str, object], ...] = ()
-    base: str = ""  # the registered variant a sweep point comes from ("" for a registered one)
 
     def settings(self, settings: VariantSettings) -> VariantSettings:
         return replace(settings, **dict(self.overrides)) if self.overrides else settings
@@ -478,7 +477,7 @@ def sweep(variants: list[Variant], values: dict[str, list]) -> list[Variant]:
         for point in itertools.product(*lists):
             overrides = tuple(zip(fields, point))
             name = f"{variant.name}@{label.format(**dict(overrides))}" if named else variant.name
-            expanded.append(replace(variant, name=name, overrides=overrides, base=variant.name))
+            expanded.append(replace(variant, name=name, overrides=overrides))
     names = [v.name for v in expanded]
     if len(set(names)) != len(names):
         raise ValueError(f"a sweep lists a value twice: {sorted({n for n in names if names.count(n) > 1})}")

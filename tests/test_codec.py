@@ -106,6 +106,11 @@ def test_infer_writes_recn_files_with_their_measured_rate(infer_run):
     assert summary["codebook_hard"]["measured_bps"] == pytest.approx(
         sum((infer_run / "codebook_hard" / p).stat().st_size for p in ("short.recn", "nested/long.recn")) * 8 / 13.0)
     assert summary["vae_mode"]["measured_bps"] is None
+    # Where the time went: start-up, the predict loop, and each stage of it.
+    timing = json.loads((infer_run / "summary.json").read_text())["timing"]
+    assert timing["startup_s"] > 0 and timing["predict_s"] > 0
+    assert set(timing["stage_s"]) == {"encode", "codebook_hard", "vae_mode", "metrics", "assemble", "write"}
+    assert 0 < sum(timing["stage_s"].values()) <= timing["predict_s"] * 1.05
 
 
 def test_decoding_infers_file_reproduces_its_output(infer_run):
