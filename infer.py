@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from torch.multiprocessing import ProcessRaisedException  # noqa: E402
 
 from recon.audio import MelFrontEnd  # noqa: E402
-from recon.backbone import HUB_ID, FrozenAudioLDM2  # noqa: E402
+from recon.backbone import HUB_ID, FrozenAudioLDM2, describe_weights  # noqa: E402
 from recon.compile import COMPILE_MODES  # noqa: E402
 from recon.lit import load_inference_codebook  # noqa: E402
 from recon.precision import SUPPORTED_PRECISIONS, check_precision  # noqa: E402
@@ -192,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
                 models.diffusion.prompt_embeddings(prompt, settings.guidance_scale)
     run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite",)}
     run_settings["backbone_source"] = models.backbone.source
+    run_settings["backbone_weights"] = describe_weights(models.backbone.source)
     writer = ResultWriter(out, RunInfo(variants, run_settings, settings, started_at=STARTED_AT), models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite)
     trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):

@@ -57,6 +57,19 @@ RANDOM_CONFIGS: dict[str, tuple[dict, dict]] = {
             resblock_dilation_sizes=[[1, 3, 5]] * 3,
         ),
     ),
+    # The trained stand-in (`python -m recon.backbone train-small`): the same classes and
+    # downsampling at reduced widths; no attention in the VAE's mid block, so it is convolutional
+    # end to end and trains on short crops.
+    "small": (
+        dict(_VAE_COMMON, block_out_channels=[16, 32, 64], layers_per_block=1, norm_num_groups=8, mid_block_add_attention=False),
+        dict(
+            _VOCODER_COMMON,
+            upsample_initial_channel=128,
+            upsample_kernel_sizes=[10, 8, 4, 4, 4],
+            resblock_kernel_sizes=[3, 7, 11],
+            resblock_dilation_sizes=[[1, 3, 5]] * 3,
+        ),
+    ),
     # Same interfaces and the same 4x time/frequency downsampling, a few thousand parameters.
     "tiny": (
         dict(_VAE_COMMON, block_out_channels=[8, 16, 16], layers_per_block=1, norm_num_groups=4),
@@ -85,6 +98,24 @@ def how_to_provide(source: str) -> str:
         "and pass --backbone DIR, or build an offline random-weight backbone for testing with "
         "`python -m recon.backbone make --size tiny|full --out DIR` (or pass random:tiny / random:full)."
     )
+
+
+def describe_weights(source: str) -> str:
+    """What the weights of a backbone source are, in words a report can show.
+
+    ``random`` for ``random:<size>`` and folders made by ``make``; ``small`` for the stand-in that
+    ``train-small`` trained; ``pretrained`` for a hub id or any other snapshot.
+    """
+    if source.startswith(RANDOM_PREFIX):
+        return "random"
+    record = Path(source).expanduser() / "recon_backbone.json"
+    if record.is_file():
+        info = json.loads(record.read_text())
+        if "random_size" in info:
+            return "random"
+        if "trained_size" in info:
+            return "small"
+    return "pretrained"
 
 
 def build_random(size: str, seed: int = 0) -> tuple[AutoencoderKL, SpeechT5HifiGan]:
@@ -219,16 +250,34 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .backbone_training import SmallRecipe, train_small  # imports this module: not at the top
+
     parser = argparse.ArgumentParser(prog="python -m recon.backbone", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make", help="save a random-weight backbone in the cvssp/audioldm2 folder layout")
     make.add_argument("--size", choices=sorted(RANDOM_CONFIGS), default="tiny")
     make.add_argument("--out", required=True, help="folder to create (vae/ and vocoder/ inside)")
     make.add_argument("--seed", type=int, default=0)
+    small = sub.add_parser(
+        "train-small",
+        help="train the small stand-in backbone (VAE + vocoder, about 40 minutes on 2 CPU cores) and save it in the hub layout",
+        description="Train an AudioLDM2-shaped VAE and HiFi-GAN at reduced widths on the audio under --data "
+        "(e.g. made by `python -m recon.corpus --out DIR`) and save them under --out (vae/, vocoder/, recon_backbone.json).",
+    )
+    small.add_argument("--data", required=True, help="folder of training audio (searched recursively)")
+    small.add_argument("--out", required=True, help="folder to create (vae/ and vocoder/ inside)")
+    small.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    small.add_argument("--vae-steps", type=int, default=SmallRecipe.vae_steps, help="VAE optimiser steps (default: %(default)s)")
+    small.add_argument("--vocoder-steps", type=int, default=SmallRecipe.vocoder_steps, help="vocoder optimiser steps (default: %(default)s)")
+    small.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the crops (default: %(default)s)")
     info = sub.add_parser("info", help="load a backbone source and print its shapes and parameter counts")
     info.add_argument("source", nargs="?", default=HUB_ID)
     args = parser.parse_args(argv)
-    if args.command == "make":
+    if args.command == "train-small":
+        recipe = SmallRecipe(vae_steps=args.vae_steps, vocoder_steps=args.vocoder_steps, seed=args.seed)
+        out = train_small(args.data, args.out, recipe, args.device)
+        print(f"wrote the trained small backbone to {out}")
+    elif args.command == "make":
         out = make_backbone_folder(args.size, args.out, args.seed)
         print(f"wrote random '{args.size}' backbone (seed {args.seed}) to {out}")
     else:
