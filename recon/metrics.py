@@ -12,14 +12,16 @@ AudioLDM2, DAC/audiotools and auraloss use); ``|.|`` is its magnitude.
 ``eps_f32 = torch.finfo(torch.float32).eps`` (about 1.19e-7) guards the SNR family exactly as
 torchmetrics does, so recon's numbers agree with ``torchmetrics.functional.audio`` to rounding.
 
-The only metrics that can return NaN are :func:`pesq_wb` and :func:`stoi` (silent reference,
-non-finite input, or input the PESQ library rejects); each NaN is logged as a warning on the
-``recon.metrics`` logger, naming the item and the reason.
+The only metrics that can return NaN are :func:`pesq_wb` and :func:`stoi`, where they are undefined
+(see the perceptual section: too short, not speech, a silent or near-silent estimate, ...); each
+NaN is logged as a warning on the ``recon.metrics`` logger naming the item and the reason, and a
+reason that lies in the reference once per file rather than once per variant.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import warnings
@@ -319,47 +321,67 @@ def high_frequency_retention(
 
 # --------------------------------------------------------------------------------------------------
 # perceptual (slow, CPU, numpy): NaN plus a logged warning where the measure is undefined
+#
+# PESQ and STOI are speech measures that normalise level: PESQ aligns both signals to one level,
+# STOI normalises each short-time envelope. So a near-silent output of the right shape scores as
+# well as a loud one (a random-weight vocoder's output 68 dB below its input got PESQ 4.32, STOI
+# 0.52). recon calls them undefined rather than report such numbers:
+#
+# * input contains NaN or infinite samples, or the reference is silent;
+# * the reference is shorter than the measure needs (PESQ 0.25 s, STOI 30 frames = 0.41 s);
+# * the estimate is silent or near-silent: its RMS more than NEAR_SILENT_DB below the reference's;
+# * the library rejects the pair: PESQ detects no utterance in the reference (music, noise), or
+#   pystoi keeps fewer than 30 frames after removing the reference's silent frames.
 
-
-def _per_item(
-    name: str, reference: Tensor, estimate: Tensor, score: Callable[[np.ndarray, np.ndarray], float],
-    labels: Sequence[str] | None = None,
-) -> Tensor:
-    reference, estimate = _check_pair(reference, estimate)
-    ref_np = reference.detach().cpu().numpy().astype(np.float64)
-    est_np = estimate.detach().cpu().numpy().astype(np.float64)
-    out = []
-    for i, (r, e) in enumerate(zip(ref_np, est_np)):
-        reason = None
-        if not (np.isfinite(r).all() and np.isfinite(e).all()):
-            reason = "input contains NaN or infinite samples"
-        elif not np.any(r):
-            reason = "reference is silent (all zeros)"
-        else:
-            try:
-                value = float(score(r, e))
-            except _Undefined as err:
-                reason = str(err)
-        if reason is not None:
-            logger.warning("%s of %s is NaN: %s", name, labels[i] if labels else f"item {i}", reason)
-            value = float("nan")
-        out.append(value)
-    return torch.tensor(out, dtype=torch.float32, device=reference.device)
+PESQ_MIN_SECONDS = 0.25  # the pesq library raises BufferTooShort below this
+STOI_MIN_SECONDS = 0.41  # 30 frames of 256 samples at 10 kHz, hop 128 (measured on full-band noise)
+# A real reconstruction is within a few dB of its input; random weights give outputs 45-80 dB down.
+NEAR_SILENT_DB = 30.0
 
 
 class _Undefined(Exception):
-    """The perceptual measure is undefined for this item; the message is the reason."""
+    """The perceptual measure is undefined for this pair; the message is the reason.
+
+    ``of_reference``: the reason lies in the reference alone, so it holds for every output of it.
+    """
+
+    def __init__(self, reason: str, of_reference: bool = False):
+        super().__init__(reason)
+        self.of_reference = of_reference
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def _check_defined(ref: np.ndarray, est: np.ndarray, min_seconds: float) -> None:
+    """Raise :class:`_Undefined` for the cases both measures share (see the list above)."""
+    if not np.isfinite(ref).all():
+        raise _Undefined("reference contains NaN or infinite samples", of_reference=True)
+    if not np.isfinite(est).all():
+        raise _Undefined("estimate contains NaN or infinite samples")
+    if not np.any(ref):
+        raise _Undefined("reference is silent (all zeros)", of_reference=True)
+    seconds = ref.size / SAMPLE_RATE
+    if seconds < min_seconds:
+        raise _Undefined(f"reference is {seconds:.2f} s, shorter than the {min_seconds:g} s it needs", of_reference=True)
+    if not np.any(est):
+        raise _Undefined("estimate is silent (all zeros)")
+    below_db = 20.0 * math.log10(_rms(ref) / _rms(est))
+    if below_db > NEAR_SILENT_DB:
+        raise _Undefined(f"estimate is near-silent ({below_db:.0f} dB below the reference; limit {NEAR_SILENT_DB:g} dB)")
 
 
 def _pesq_one(ref: np.ndarray, est: np.ndarray) -> float:
     import pesq as pesq_lib
 
-    if not np.any(est):
-        # The library divides by zero inside and fails with an opaque ValueError; say why.
-        raise _Undefined("estimate is silent (all zeros); the PESQ library cannot score it")
+    _check_defined(ref, est, PESQ_MIN_SECONDS)
     try:
         with np.errstate(all="ignore"):
             return pesq_lib.pesq(SAMPLE_RATE, ref, est, "wb")
+    except pesq_lib.NoUtterancesError as err:
+        # The library's voice activity detection runs on the reference: not speech, or too quiet.
+        raise _Undefined("PESQ found no utterance in the reference (not speech?)", of_reference=True) from err
     except (pesq_lib.PesqError, ValueError) as err:
         msg = err.args[0] if err.args else ""
         msg = msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
@@ -369,42 +391,102 @@ def _pesq_one(ref: np.ndarray, est: np.ndarray) -> float:
 def _stoi_one(ref: np.ndarray, est: np.ndarray) -> float:
     from pystoi import stoi as stoi_lib
 
+    _check_defined(ref, est, STOI_MIN_SECONDS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         value = stoi_lib(ref, est, SAMPLE_RATE, extended=False)
     for w in caught:
         if issubclass(w.category, RuntimeWarning) and "Not enough STFT frames" in str(w.message):
-            # pystoi returns a placeholder 1e-5 here; recon reports it as undefined instead.
-            raise _Undefined(f"STOI undefined ({w.message})")
+            # pystoi returns a placeholder 1e-5 here; its silence removal follows the reference.
+            raise _Undefined("STOI has fewer than 30 frames left after removing the reference's silent frames", of_reference=True)
     return value
+
+
+_SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"pesq_wb": _pesq_one, "stoi": _stoi_one}
+
+
+def perceptual_details(reference: np.ndarray, estimate: np.ndarray, names: Sequence[str] = PERCEPTUAL_METRICS) -> dict[str, tuple[float, str | None]]:
+    """``{metric: (value, reason)}`` for one pair of 16 kHz host arrays; ``(nan, why)`` where undefined.
+
+    Logs nothing: the report uses it to say why a cell of metrics.csv is NaN.
+    """
+    return {name: (value, reason) for name, (value, reason, _) in _score_pair(reference, estimate, names).items()}
+
+
+def _score_pair(reference: np.ndarray, estimate: np.ndarray, names: Sequence[str]) -> dict[str, tuple[float, str | None, bool]]:
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1)
+    est = np.asarray(estimate, dtype=np.float64).reshape(-1)
+    out = {}
+    for name in names:
+        try:
+            out[name] = (float(_SCORERS[name](ref, est)), None, False)
+        except _Undefined as err:
+            out[name] = (float("nan"), str(err), err.of_reference)
+    return out
+
+
+# Reasons already logged for the latest reference. The runner scores every output of a file one
+# after the other, so a reason that lies in the reference (no utterance, too short) is said once per
+# file instead of once per variant. A reason of one pair needs no memory: each pair is scored once.
+_reference_warnings: dict[bytes, set[tuple[str, str]]] = {}  # at most one entry
+
+
+def _warn_undefined(scores: dict[str, tuple[float, str | None, bool]], label: str, reference: np.ndarray) -> None:
+    """A warning naming ``label`` per NaN measure, a reason of the reference only once."""
+    for name, (_, reason, of_reference) in scores.items():
+        if reason is None:
+            continue
+        if not of_reference:
+            logger.warning("%s of %s is NaN: %s", name, label, reason)
+            continue
+        digest = hashlib.blake2b(np.ascontiguousarray(reference).tobytes(), digest_size=16).digest()
+        if digest not in _reference_warnings:
+            _reference_warnings.clear()
+            _reference_warnings[digest] = set()
+        if (name, reason) not in _reference_warnings[digest]:
+            _reference_warnings[digest].add((name, reason))
+            logger.warning("%s of %s is NaN: %s (so for every output of this file; said once)", name, label, reason)
+
+
+def _per_item(name: str, reference: Tensor, estimate: Tensor, labels: Sequence[str] | None = None) -> Tensor:
+    reference, estimate = _check_pair(reference, estimate)
+    ref_np = reference.detach().cpu().numpy().astype(np.float64)
+    est_np = estimate.detach().cpu().numpy().astype(np.float64)
+    out = []
+    for i, (r, e) in enumerate(zip(ref_np, est_np)):
+        scores = _score_pair(r, e, [name])
+        _warn_undefined(scores, labels[i] if labels else f"item {i}", r)
+        out.append(scores[name][0])
+    return torch.tensor(out, dtype=torch.float32, device=reference.device)
 
 
 def pesq_wb(reference: Tensor, estimate: Tensor, labels: Sequence[str] | None = None) -> Tensor:
     """Wide-band PESQ (ITU-T P.862.2 MOS-LQO, about 1.04-4.64) per item, ``pesq`` package, 16 kHz, ``"wb"``.
 
-    The library peak-normalises both signals jointly, so overall level does not matter. NaN, with
-    a warning on the ``recon.metrics`` logger naming item and reason, for a silent reference,
-    non-finite input, or input PESQ rejects (no utterances detected, shorter than 0.25 s, a
-    silent estimate, ...).
+    The library peak-normalises both signals jointly, so overall level does not matter - which is
+    why a near-silent estimate is NaN rather than scored. NaN, with a warning on the ``recon.metrics``
+    logger naming the item and the reason, in the cases listed above this function.
     """
-    return _per_item("pesq_wb", reference, estimate, _pesq_one, labels)
+    return _per_item("pesq_wb", reference, estimate, labels)
 
 
 def stoi(reference: Tensor, estimate: Tensor, labels: Sequence[str] | None = None) -> Tensor:
     """STOI (Taal et al. 2011, 0-1, higher is more intelligible) per item, ``pystoi`` at 16 kHz, not extended.
 
-    NaN, with a warning on the ``recon.metrics`` logger naming item and reason, for a silent
-    reference, non-finite input, or fewer than 30 frames left after pystoi's silence removal (where
-    pystoi itself would return a placeholder 1e-5).
+    NaN, with a warning on the ``recon.metrics`` logger naming the item and the reason, in the
+    cases listed above :func:`pesq_wb` (where pystoi itself would return a placeholder 1e-5
+    for too few frames, and a meaningless score for a near-silent estimate).
     """
-    return _per_item("stoi", reference, estimate, _stoi_one, labels)
+    return _per_item("stoi", reference, estimate, labels)
 
 
 def perceptual_scores(reference: np.ndarray, estimate: np.ndarray, label: str) -> dict[str, float]:
-    """``pesq_wb`` and ``stoi`` of one pair of host arrays; NaN warnings name ``label``. Runs in a
-    worker process of the result writer."""
-    ref, est = torch.from_numpy(reference)[None], torch.from_numpy(estimate)[None]
-    return {"pesq_wb": float(pesq_wb(ref, est, [label])[0]), "stoi": float(stoi(ref, est, [label])[0])}
+    """``pesq_wb`` and ``stoi`` of one pair of host arrays. Runs in a worker process of the result
+    writer (or on its thread); ``label`` (the runner passes ``"<file> [<variant>]"``) names the pair
+    in the warning about a NaN."""
+    scores = _score_pair(reference, estimate, PERCEPTUAL_METRICS)
+    _warn_undefined(scores, label, np.asarray(reference))
+    return {name: value for name, (value, _, _) in scores.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,6 +542,9 @@ __all__ = [
     "LATENT_VECTORS_PER_SECOND",
     "PERCEPTUAL_METRICS",
     "WAVEFORM_METRICS",
+    "NEAR_SILENT_DB",
+    "PESQ_MIN_SECONDS",
+    "STOI_MIN_SECONDS",
     "bitrate_bps",
     "compute_all",
     "high_frequency_retention",
@@ -468,6 +553,8 @@ __all__ = [
     "log_spectral_distance",
     "multi_resolution_stft_distance",
     "multiscale_mel_distance",
+    "perceptual_details",
+    "perceptual_scores",
     "pesq_wb",
     "si_sdr",
     "snr",

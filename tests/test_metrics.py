@@ -290,20 +290,105 @@ def test_silent_input_gives_nan_and_a_logged_warning(caplog):
     assert not any("item 0" in m for m in messages)
 
 
-def test_pesq_and_stoi_rejections_are_nan_with_the_reason(caplog):
-    x = torch.from_numpy(speechlike(2.0, 0)).unsqueeze(0)
+@pytest.fixture(autouse=True)
+def fresh_warnings():
+    """Each test sees every perceptual warning: recon.metrics remembers those about the latest reference."""
+    M._reference_warnings.clear()
+    yield
+    M._reference_warnings.clear()
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "recon.metrics" and r.levelno == logging.WARNING]
+
+
+def _db(x: np.ndarray, gain_db: float) -> np.ndarray:
+    return (x * 10 ** (gain_db / 20)).astype(np.float32)
+
+
+SPEECH = speechlike(2.0, 0)
+UNDEFINED_CASES = {
+    # name: (reference, estimate, substring of the reason given for both measures)
+    "silent estimate": (SPEECH, np.zeros_like(SPEECH), "estimate is silent"),
+    # The regression: a -68 dB copy scored PESQ 4.6 and STOI 1.0 because both normalise level.
+    "near-silent estimate": (SPEECH, _db(SPEECH, -68.0), "near-silent (68 dB below"),
+    "just past the near-silence limit": (SPEECH, _db(SPEECH, -(M.NEAR_SILENT_DB + 1)), "near-silent"),
+    "shorter than both need": (SPEECH[:3200], SPEECH[:3200], "reference is 0.20 s, shorter than the"),
+    "non-finite estimate": (SPEECH, np.where(np.arange(SPEECH.size) == 5, np.nan, SPEECH).astype(np.float32), "NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNDEFINED_CASES))
+def test_perceptual_undefined_cases_are_nan_with_the_reason(case):
+    ref, est, reason = UNDEFINED_CASES[case]
+    details = M.perceptual_details(ref, est)
+    for name in M.PERCEPTUAL_METRICS:
+        value, why = details[name]
+        assert math.isnan(value), (name, value)
+        assert reason in why, (name, why)
+
+
+def test_perceptual_defined_within_the_near_silence_limit():
+    # The level check only removes outputs that are effectively silence: a quiet but real
+    # reconstruction keeps its scores, which ignore level (identical shape: near-perfect).
+    details = M.perceptual_details(SPEECH, _db(SPEECH, -(M.NEAR_SILENT_DB - 1)))
+    assert details["pesq_wb"][0] > 4.0 and details["pesq_wb"][1] is None
+    assert details["stoi"][0] > 0.99 and details["stoi"][1] is None
+
+
+def test_stoi_undefined_where_too_little_of_the_reference_is_active():
+    # 0.3 s is shorter than STOI's 30 frames; PESQ still scores it.
+    short = M.perceptual_details(SPEECH[:4800], SPEECH[:4800])
+    assert math.isnan(short["stoi"][0]) and "shorter than the 0.41 s" in short["stoi"][1]
+    # 2 s long, but only 0.2 s of it within pystoi's 40 dB of the loudest frame: the rest is
+    # removed as silence and pystoi would return its 1e-5 placeholder.
+    ref = _db(SPEECH, -60.0)
+    ref[:3200] = SPEECH[:3200] / np.abs(SPEECH[:3200]).max() * 0.3
+    value, why = M.perceptual_details(ref, ref.copy())["stoi"]
+    assert math.isnan(value) and "fewer than 30 frames" in why
+
+
+def test_pesq_without_utterance_is_undefined_for_the_whole_reference(monkeypatch, caplog):
+    import pesq
+
+    def no_utterance(*args, **kwargs):
+        raise pesq.NoUtterancesError(b"No utterances detected")
+
+    monkeypatch.setattr(pesq, "pesq", no_utterance)
     with caplog.at_level(logging.WARNING, logger="recon.metrics"):
-        p = M.pesq_wb(x, torch.zeros_like(x))  # silent estimate: the PESQ library cannot score it
-        short = M.pesq_wb(x[:, :2000], x[:, :2000])  # 0.125 s: shorter than PESQ accepts
-        s_short = M.stoi(x[:, :4800], x[:, :4800])  # 0.3 s: fewer than 30 STOI frames
-        s_silent_est = M.stoi(x, torch.zeros_like(x))  # defined: no intelligibility left
-    assert math.isnan(p.item()) and math.isnan(short.item()) and math.isnan(s_short.item())
-    assert 0.0 <= s_silent_est.item() < 0.1
-    messages = [r.getMessage() for r in caplog.records if r.name == "recon.metrics"]
-    assert len(messages) == 3, messages
-    assert any("pesq_wb" in m and "estimate is silent" in m for m in messages), messages
-    assert any("pesq_wb" in m and "PESQ failed" in m and "BufferTooShort" in m for m in messages), messages
-    assert any(m.startswith("stoi") and "Not enough STFT frames" in m for m in messages), messages
+        for variant in ("vae", "codebook", "griffinlim"):  # every output of one reference
+            scores = M.perceptual_scores(SPEECH, SPEECH + 0.01, f"rain.flac [{variant}]")
+            assert math.isnan(scores["pesq_wb"]) and scores["stoi"] > 0.9
+    messages = _warnings(caplog)
+    # The reason lies in the reference: one warning for the file, naming the first output.
+    assert messages == ["pesq_wb of rain.flac [vae] is NaN: PESQ found no utterance in the reference (not speech?) "
+                        "(so for every output of this file; said once)"]  # fmt: skip
+
+
+def test_perceptual_warnings_name_file_and_variant(caplog):
+    quiet = _db(SPEECH, -60.0)
+    with caplog.at_level(logging.WARNING, logger="recon.metrics"):
+        M.perceptual_scores(SPEECH, quiet, "speech/a.flac [vae_mode]")
+        M.perceptual_scores(SPEECH, quiet, "speech/a.flac [codebook_hard]")
+        M.perceptual_scores(SPEECH, SPEECH.copy(), "speech/a.flac [griffinlim]")  # defined: no warning
+        M.perceptual_scores(SPEECH[:3200], SPEECH[:3200], "speech/b.flac [vae_mode]")
+        M.perceptual_scores(SPEECH[:3200], SPEECH[:3200] * 0.5, "speech/b.flac [codebook_hard]")
+    messages = _warnings(caplog)
+    near_silent = "is NaN: estimate is near-silent (60 dB below the reference; limit 30 dB)"
+    assert messages[:4] == [
+        f"pesq_wb of speech/a.flac [vae_mode] {near_silent}",
+        f"stoi of speech/a.flac [vae_mode] {near_silent}",
+        f"pesq_wb of speech/a.flac [codebook_hard] {near_silent}",
+        f"stoi of speech/a.flac [codebook_hard] {near_silent}",
+    ]
+    # b.flac is too short for either measure: said once per measure, not once per variant.
+    assert len(messages) == 6 and all("speech/b.flac [vae_mode]" in m and "0.20 s" in m for m in messages[4:]), messages
+
+
+def test_perceptual_details_logs_nothing(caplog):
+    with caplog.at_level(logging.WARNING, logger="recon.metrics"):
+        M.perceptual_details(SPEECH, np.zeros_like(SPEECH))
+    assert _warnings(caplog) == []
 
 
 # --- bitrate ------------------------------------------------------------------------------------
