@@ -4,8 +4,10 @@
     python infer.py --ckpt CKPT --input FOLDER --output OUT --devices 2 --accelerator cpu --strategy ddp
 
 Writes OUT/<variant>/<file>.wav, OUT/input/<file>.wav, OUT/metrics.csv, OUT/summary.json,
-OUT/errors.csv and OUT/report.html; logs a W&B table (offline by default). Exit status 1 when any
-input or any variant of an input failed (see errors.csv; the rest is written), 2 on a usage error.
+OUT/errors.csv and OUT/report.html; logs a W&B table (offline by default). OUT/.recon-manifest.json
+lists what the run writes: --overwrite removes exactly that, so your own files in OUT stay. Exit
+status 1 when any input or any variant of an input failed (see errors.csv; the rest is written),
+2 on a usage error.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from recon.audio import MelFrontEnd  # noqa: E402
 from recon.backbone import HUB_ID, FrozenAudioLDM2, describe_weights  # noqa: E402
 from recon.compile import COMPILE_MODES  # noqa: E402
 from recon.lit import load_inference_codebook  # noqa: E402
-from recon.precision import SUPPORTED_PRECISIONS, check_precision  # noqa: E402
+from recon.console import configure_output  # noqa: E402
+from recon.precision import SUPPORTED_PRECISIONS, UnsupportedPrecision, check_precision  # noqa: E402
 from recon.report import log_to_wandb, write_html_report  # noqa: E402
 from recon.runner import InferenceFiles, ResultWriter, RunInfo, UsageError, VariantRunner, check_output, collate_files  # noqa: E402
 from recon.variants import VARIANTS, Models, VariantSettings, resolve, sweep  # noqa: E402
@@ -38,8 +41,28 @@ log = logging.getLogger("recon.infer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    try:
+        return parser.parse_args(argv)
+    except argparse.ArgumentError as err:
+        if err.argument_name == "--precision":
+            # Why a precision is refused takes one line (exit status 2, see main), not a usage dump.
+            raise UsageError(err.message) from None
+        parser.error(str(err))
+
+
+def precision_name(text: str) -> str:
+    """argparse type: a supported precision under its canonical name (Lightning's aliases accepted)."""
+    try:
+        return check_precision(text)
+    except UnsupportedPrecision as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
     variant_help = "; ".join(f"{v.name}: {v.description}" for v in VARIANTS.values())
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, exit_on_error=False)
     p.add_argument("--ckpt", help="trained codebook checkpoint (train.py); without it the codebook variants are skipped")
     p.add_argument("--input", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
     p.add_argument("--output", default="outputs/recon", help="output folder (default: %(default)s)")
@@ -48,9 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default="all", help=f"comma-separated variants or 'all'. {variant_help}")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     p.add_argument("--devices", default="1", help="number of devices, or 'auto'")
-    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--num-nodes", type=int, default=1, help="machines taking part (with a cluster launcher such as SLURM or torchrun; default: %(default)s)")
     p.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (Lightning strategies)")
-    p.add_argument("--precision", default="32-true", help=f"{', '.join(SUPPORTED_PRECISIONS)}: the networks run under autocast, the front-end, quantizer, filters and metrics stay float32 (default: %(default)s; Lightning runs 16-mixed as bf16-mixed on CPU)")
+    p.add_argument("--precision", default="32-true", type=precision_name, choices=SUPPORTED_PRECISIONS,
+                   help="the networks run under autocast, the front-end, quantizer, filters and metrics stay float32 (default: %(default)s; Lightning runs 16-mixed as bf16-mixed on CPU)")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the VAE, vocoder and UNet (reduce-overhead adds CUDA graphs); 1.05x on 2 CPU cores after 140 s of compiling, not measured on a GPU (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=4, help="10.24 s segments per forward pass (and files per step)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
@@ -58,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="codebook_rvq: residual stage counts to run, one codebook_rvq@N column each (default: every prefix of the checkpoint's ladder)")
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
     p.add_argument("--griffinlim-iters", type=int, default=64, help="Griffin-Lim iterations of the griffinlim baseline")
-    p.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in --output")
+    p.add_argument("--overwrite", action="store_true", help="remove what the previous run in --output wrote (listed in its .recon-manifest.json), then write; other files there stay")
+    p.add_argument("--verbose", action="store_true", help="also print Lightning's info messages and the library warnings recon hides")
     d = VariantSettings()
     g = p.add_argument_group("diffusion variants")
     g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps, help="DDIM steps of ddcm_input's refinement and of text2audio (default: %(default)s)")
@@ -71,11 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"ddcm_noise diffusion steps; with several values (or several --ddcm-k) one ddcm_noise@T<steps>-K<k> column per pair (default: {d.ddcm_steps})")
     g.add_argument("--ddcm-k", type=number_list(int), default=[d.ddcm_k], metavar="K[,K...]",
                    help=f"ddcm_noise codebook size per step, a power of two; bits = (steps-1)·log2 K per 10.24 s (default: {d.ddcm_k})")
-    p.add_argument("--wandb", choices=("off", "offline", "online"), default="offline")
-    p.add_argument("--wandb-project", default="recon")
+    p.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
+                   help="log a W&B table of the results: offline into OUT/wandb/ (default; `wandb sync` uploads it later), online, or off")
+    p.add_argument("--wandb-project", default="recon", help="W&B project of the run (default: %(default)s)")
     p.add_argument("--report-max-files", type=int, default=12, help="files with audio players in report.html and W&B")
     p.add_argument("--no-perceptual", action="store_true", help="skip PESQ and STOI (slow, meaningful for speech)")
-    return p.parse_args(argv)
+    return p
 
 
 def number_list(kind):
@@ -146,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_output(verbose=args.verbose)
     out = Path(args.output)
     trainer = L.Trainer(
         accelerator=args.accelerator,
@@ -190,10 +216,11 @@ def run(args: argparse.Namespace) -> int:
             if "diffusion" in variant.requires:
                 prompt = settings.prompt if variant.name == "text2audio" else settings.refine_prompt
                 models.diffusion.prompt_embeddings(prompt, settings.guidance_scale)
-    run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite",)}
+    run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite", "verbose")}
     run_settings["backbone_source"] = models.backbone.source
     run_settings["backbone_weights"] = describe_weights(models.backbone.source)
-    writer = ResultWriter(out, RunInfo(variants, run_settings, settings, started_at=STARTED_AT), models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite)
+    info = RunInfo(variants, run_settings, settings, started_at=STARTED_AT, extra_outputs=("wandb/",) if args.wandb != "off" else ())
+    writer = ResultWriter(out, info, models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite)
     trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):
         raise UsageError(f"{len(dataset)} input file(s) for {trainer.world_size} processes: use at most {len(dataset)} devices")

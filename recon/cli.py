@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from . import files
+from .console import configure_output
 from .audio import MelFrontEnd, length_chunks, split_file
 from .codec import codebook_container, ddcm_container, decode_container
 from .container import SUFFIX, ContainerError, dumps, loads
@@ -231,8 +232,13 @@ def info(args) -> int:
 
 # ---------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help="also print the libraries' info messages and warnings that recon hides")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_options(p):
@@ -244,6 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--out", required=True, help="output folder; input folders keep their layout inside it")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        # Also after the subcommand; SUPPRESS keeps a --verbose given before it.
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="also print the libraries' info messages and warnings that recon hides")
 
     enc = sub.add_parser("encode", help="audio files -> .recn files", description="Compress audio files (or folders of them) to .recn files.")
     enc.add_argument("inputs", nargs="+", metavar="IN", help="audio files and/or folders (searched recursively)")
@@ -269,8 +277,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dec.add_argument("--normalised", action="store_true", help="keep the model's peak-normalised level instead of the input's own loudness")
     model_options(dec)
     inf = sub.add_parser("info", help="print the header, size and measured bitrate of .recn files")
-    inf.add_argument("inputs", nargs="+", metavar="FILE")
-    return parser.parse_args(argv)
+    inf.add_argument("inputs", nargs="+", metavar="FILE", help=".recn files and/or folders (searched recursively)")
+    inf.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="also print the libraries' info messages and warnings that recon hides")
+    return parser
 
 
 def quiet_libraries() -> None:
@@ -286,8 +295,9 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
+    configure_output(verbose=args.verbose)
+    if not args.verbose:
+        quiet_libraries()
     try:
         return {"encode": encode, "decode": decode, "info": info}[args.command](args)
     except (ValueError, FileNotFoundError) as err:

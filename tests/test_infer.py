@@ -183,3 +183,124 @@ def test_parameter_sweeps_give_one_column_per_value(tmp_path, capsys):
     assert np.abs(half - hard).max() > 0.1 * np.abs(hard).max()
     summary = json.loads((out / "summary.json").read_text())["variants"]
     assert summary["ddcm_noise@T5-K16"]["measured_bps"] > summary["ddcm_noise@T3-K16"]["measured_bps"]
+
+
+# ---------------------------------------------------------------------- the command line for a person
+class ConsoleCapture:
+    """Everything a person would see from an in-process run: stdout, stderr, log records (Lightning's
+    loggers have handlers of their own, bound to the streams of import time) and shown warnings."""
+
+    LOGGERS = ("", "recon", "lightning.pytorch", "lightning.fabric", "lightning_utilities")
+
+    def __enter__(self) -> "ConsoleCapture":
+        import contextlib
+        import io
+        import logging
+        import warnings
+
+        self.stdout, self.stderr, self.lines = io.StringIO(), io.StringIO(), []
+        capture = self
+
+        class Record(logging.Handler):
+            def emit(self, record):
+                capture.lines.append(record.getMessage())
+
+        self._handler = Record()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(self.stdout))
+        self._stack.enter_context(contextlib.redirect_stderr(self.stderr))
+        self.warnings = self._stack.enter_context(warnings.catch_warnings(record=True))
+        levels = {name: logging.getLogger(name).level for name in self.LOGGERS}
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self._handler)
+        # What the run configures stays in the run (later tests keep their own logging).
+        self._stack.callback(lambda: [logging.getLogger(n).setLevel(v) for n, v in levels.items()])
+        self._stack.callback(lambda: [logging.getLogger(n).removeHandler(self._handler) for n in self.LOGGERS])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def text(self) -> str:
+        return "\n".join([self.stdout.getvalue(), self.stderr.getvalue(), *self.lines, *(str(w.message) for w in self.warnings)])
+
+
+LIBRARY_NOISE = ("💡 Tip", "GPU available", "TPU available", "Seed set to", "is deprecated")
+
+
+def test_infer_is_quiet_by_default_and_verbose_brings_lightning_back(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_QUIET", raising=False)  # restored afterwards; the quiet run sets it
+    write_tone(tmp_path / "in" / "a.wav", 1.0)
+    args = ["--backbone", "random:tiny", "--input", str(tmp_path / "in"), "--variants", "vae_mode", "--wandb", "off",
+            "--no-perceptual", "--accelerator", "cpu"]
+    with ConsoleCapture() as quiet:
+        assert infer.main([*args, "--output", str(tmp_path / "quiet")]) == 0
+    assert "wrote " in quiet.stdout.getvalue()
+    assert [noise for noise in LIBRARY_NOISE if noise in quiet.text] == [], quiet.text
+    # The same capture sees Lightning's banner when asked for it: the absence above is not the capture's.
+    with ConsoleCapture() as verbose:
+        assert infer.main([*args, "--output", str(tmp_path / "verbose"), "--verbose"]) == 0
+    assert "GPU available" in verbose.text
+
+
+def read_manifest(out: Path) -> list[str]:
+    from recon.runner import MANIFEST
+
+    return json.loads((out / MANIFEST).read_text())["entries"]
+
+
+def test_overwrite_removes_exactly_what_the_previous_run_wrote(tmp_path, capsys):
+    write_tone(tmp_path / "in" / "a.wav", 1.0)
+    out = tmp_path / "out"
+    args = ["--backbone", "random:tiny", "--input", str(tmp_path / "in"), "--output", str(out), "--wandb", "off",
+            "--no-perceptual", "--accelerator", "cpu"]
+    assert main([*args, "--variants", "vae_mode,vocoder_only"], capsys)[0] == 0
+    assert {"input/", "vae_mode/", "vocoder_only/", "metrics.csv", "summary.json", "errors.csv", "report.html"} <= set(read_manifest(out))
+    (out / "notes.txt").write_text("the user's own file")
+    write_tone(out / "my_clips" / "b.wav", 0.5)  # a folder of audio recon did not write
+    # Without --overwrite an earlier run is refused, as before; nothing is touched.
+    code, stderr = main([*args, "--variants", "vae_mode"], capsys)
+    assert code == 2 and "--overwrite" in stderr and (out / "vocoder_only" / "a.wav").is_file()
+
+    assert main([*args, "--variants", "vae_mode", "--overwrite"], capsys)[0] == 0
+    assert not (out / "vocoder_only").exists()  # the stale variant is gone
+    assert (out / "vae_mode" / "a.wav").is_file() and {r["variant"] for r in read_csv(out / "metrics.csv")} == {"vae_mode"}
+    assert (out / "notes.txt").read_text() == "the user's own file" and (out / "my_clips" / "b.wav").is_file()
+    manifest = read_manifest(out)
+    assert "vae_mode/" in manifest and "vocoder_only/" not in manifest and "my_clips/" not in manifest
+
+    # A folder recon did not write is never written into (a later --overwrite would remove it): refused, kept.
+    (out / "vocoder_only").mkdir()
+    (out / "vocoder_only" / "keep.txt").write_text("the user's")
+    code, stderr = main([*args, "--variants", "vocoder_only", "--overwrite"], capsys)
+    assert code == 2 and "vocoder_only/" in stderr and "no recorded recon run wrote" in stderr
+    assert (out / "vocoder_only" / "keep.txt").read_text() == "the user's" and (out / "vae_mode" / "a.wav").is_file()
+
+
+def walk_options(parser, prefix: str = ""):
+    """(command, option) for every option and positional of a parser and its subcommands."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk_options(sub, f"{prefix}{name} ")
+        elif not isinstance(action, argparse._HelpAction):
+            yield f"{prefix}{'/'.join(action.option_strings) or action.dest}", action
+
+
+def test_every_option_of_infer_and_recon_has_help():
+    from recon import cli
+    from recon.precision import SUPPORTED_PRECISIONS
+
+    for parser in (infer.build_parser(), cli.build_parser()):
+        options = dict(walk_options(parser))
+        assert len(options) > 10
+        assert [name for name, action in options.items() if not (action.help or "").strip()] == []
+    precision = dict(walk_options(infer.build_parser()))["--precision"]
+    assert tuple(precision.choices) == SUPPORTED_PRECISIONS
+    # Lightning's spellings are accepted and named canonically; a refused one says why in one line.
+    assert infer.parse_args(["--input", "x", "--precision", "bf16"]).precision == "bf16-mixed"
+    with pytest.raises(infer.UsageError, match="must stay float32"):
+        infer.parse_args(["--input", "x", "--precision", "16-true"])
