@@ -188,6 +188,17 @@ class AudioDataModule(L.LightningDataModule):
     Training batches come from a :class:`ResumableSampler` placed after the batches Lightning's
     restored loop state says were taken, so ``--ckpt_path`` resumes mid-epoch exactly.
     Lightning must not replace that sampler: train with ``use_distributed_sampler: false``.
+
+    Args:
+        root: folder of audio files, searched recursively.
+        batch_size: 10.24 s segments per training step (per device).
+        val_fraction: share of the files held out for validation (split by file, seeded).
+        num_workers: data loading workers per device.
+        min_duration: seconds; shorter files are skipped and shorter trailing pieces of longer files dropped.
+        max_segments_per_file: at most this many segments of each file (None: all of them).
+        seed: seed of the train/validation split and of the order of training batches.
+        cache_dir: folder of the latent cache (None: encode every batch with the frozen VAE).
+        spec: audio parameters of the backbone; must match ``model.spec``.
     """
 
     def __init__(

@@ -10,6 +10,8 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -60,7 +62,14 @@ class CodebookTrainer(L.LightningModule):
         latent: which latent is quantized: the posterior ``mean`` (default, what inference uses)
             or a posterior ``sample`` (a seeded draw per step: a data augmentation).
         scaled: quantize ``latent × scaling_factor`` (the diffusion UNet's scale) instead of the raw latent.
+        recon_weight: weight of the L1 log-mel reconstruction term (0 = off; it costs a decode per step).
+        adapters: add identity-initialised 1×1 convolutions before and after the quantizer, which the
+            commitment and reconstruction terms can train (the frozen VAE cannot move).
+        lr: Adam learning rate of whatever takes gradients (a grad codebook, the adapters).
         kmeans_init_batches: training batches whose latents seed the k-means initialisation.
+        seed: seed of each step's random draws (posterior samples, dead-code restarts), combined with
+            the step number so that a resumed run repeats an uninterrupted one.
+        spec: audio parameters of the backbone (16 kHz, 10.24 s segments, 64 mel bins); must match ``data.spec``.
     """
 
     def __init__(
@@ -122,6 +131,9 @@ class CodebookTrainer(L.LightningModule):
             raise ValueError(f"data spec {datamodule.spec} differs from the model's {self.backbone.spec}: set both to the same values")
 
     def on_fit_start(self) -> None:
+        if not self.automatic_optimization and self.trainer.is_global_zero:
+            # Lightning's model summary has just printed "Trainable params: 0", which reads like a bug.
+            log.info("the EMA codebook is updated by moving averages, not by the optimiser: 0 trainable parameters is expected")
         # The backbone is on its device now (setup() runs before the strategy moves it): encode
         # the latent cache here, before the dataloaders and the k-means need it.
         datamodule = self.trainer.datamodule
@@ -296,6 +308,52 @@ class CodebookDDPStrategy(DDPStrategy):
 
 
 StrategyRegistry.register("codebook_ddp", CodebookDDPStrategy, description="DDP that skips wrapping a model with nothing to train")
+
+
+class StepProgressBar(RichProgressBar):
+    """Training progress in optimiser steps out of ``max_steps``; metrics to 4 significant digits.
+
+    recon trains for a number of steps, and an epoch is whatever the data makes it (a few batches
+    for a small folder), so Lightning's per-epoch bar ("Epoch 7/-2  1/3") tells a user little.
+    This bar reads "Training 40/60 ... epoch: 14 train/loss: 0.001234" and continues from the
+    checkpoint's step when a run resumes. Without ``max_steps`` it is Lightning's per-epoch bar.
+    """
+
+    def __init__(self, **kwargs):
+        # Lightning's default ".3f" shows a codebook loss of 0.0004 as 0.000 for the whole run.
+        super().__init__(theme=RichProgressBarTheme(metrics_format=".4g"), **kwargs)
+
+    @staticmethod
+    def _by_step(trainer) -> bool:
+        return trainer.max_steps is not None and trainer.max_steps > 0
+
+    def _step_task(self, trainer) -> None:
+        if self.train_progress_bar_id is None:
+            self.train_progress_bar_id = self._add_task(trainer.max_steps, "Training")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if not self._by_step(trainer):
+            return super().on_train_epoch_start(trainer, pl_module)
+        if self.is_disabled or self.progress is None:
+            return
+        self._step_task(trainer)
+        self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._by_step(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.is_disabled or self.progress is None:
+            return
+        self._step_task(trainer)
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's run id, not a measurement
+        # Counted from 1 like the steps: "epoch: 20" once the 20th pass over the data is under way.
+        return {"epoch": trainer.current_epoch + 1, **metrics} if self._by_step(trainer) else metrics
 
 
 def load_codebook_trainer(ckpt_path: str, backbone: str | None = None, map_location: str = "cpu") -> CodebookTrainer:

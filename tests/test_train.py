@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -212,3 +213,110 @@ def test_ema_codebook_trains_on_two_ddp_processes(tmp_path, audio_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = torch.load(tmp_path / "checkpoints" / "tiny" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["state_dict"]["quantizer.initialized"]
+
+
+# ---------------------------------------------------------------------- the command line for a person
+def readme_train_commands() -> tuple[list[str], list[str]]:
+    """The README's first training command and its resume command, as argument lists for train.main."""
+    import shlex
+
+    lines = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()]
+    first = next(line for line in lines if line.startswith("python train.py fit --config configs/tiny.yaml") and "--ckpt_path" not in line)
+    resume = next(line for line in lines if line.startswith("python train.py fit") and "--ckpt_path" in line)
+    return [shlex.split(line, comments=True)[2:] for line in (first, resume)]
+
+
+def option(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+@pytest.fixture(scope="module")
+def readme_runs(tmp_path_factory):
+    """The README's two training commands in a fresh folder, in this process, with what they printed.
+
+    Only where things go changes: configs and the example audio from the repository, no W&B run."""
+    import train
+    from tests.test_infer import ConsoleCapture
+
+    first, resume = readme_train_commands()
+    where = ["--data.root", str(ROOT / "examples" / "audio"), "--trainer.logger", "false"]
+
+    def run(args):
+        args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
+        with ConsoleCapture() as console:
+            cli = train.main([*args, *where])
+        return cli, console
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("readme"))
+        mp.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not the command's
+        mp.delenv("WANDB_QUIET", raising=False)
+        first_cli, first_console = run(first)
+        first_codebook = first_cli.model.quantizer.codebook.detach().clone()
+        first_step = first_cli.trainer.global_step
+        resumed_cli, _ = run(resume)
+        # The same resume once more, now that the run is at its max_steps: nothing to train, said so.
+        with ConsoleCapture() as again, pytest.raises(SystemExit) as stopped:
+            train.main([*(str(ROOT / a) if a.startswith("configs/") else a for a in resume), *where])
+        yield dict(first=first_cli, first_step=first_step, first_codebook=first_codebook, first_console=first_console,
+                   resumed=resumed_cli, resume_args=resume, again=again, again_code=stopped.value.code)
+
+
+def test_readme_resume_example_continues_training(readme_runs):
+    resumed = readme_runs["resumed"]
+    target = int(option(readme_runs["resume_args"], "--trainer.max_steps"))
+    assert readme_runs["first_step"] > 0
+    assert resumed.trainer.global_step == target > readme_runs["first_step"]
+    assert not torch.equal(resumed.model.quantizer.codebook, readme_runs["first_codebook"])
+    # Resuming a finished run trains nothing: exit status 2 and what to do, not a silent no-op.
+    assert readme_runs["again_code"] == 2
+    assert "nothing left to train" in readme_runs["again"].stderr.getvalue() and "--trainer.max_steps" in readme_runs["again"].stderr.getvalue()
+
+
+def test_training_output_is_quiet_and_explains_zero_trainable_parameters(readme_runs):
+    from tests.test_infer import LIBRARY_NOISE
+
+    text = readme_runs["first_console"].text
+    assert [noise for noise in LIBRARY_NOISE if noise in text] == [], text
+    assert "eval mode at the start of training" not in text and "configure_optimizers` returned `None`" not in text
+    # The model summary's "Trainable params: 0" comes with the one line that explains it.
+    assert "Trainable params: 0" in text
+    assert "0 trainable parameters is expected" in text
+    assert f"trained to step {readme_runs['first_step']}" in text
+
+
+def test_progress_bar_counts_the_runs_steps_with_four_significant_digits(readme_runs):
+    from recon.lit import StepProgressBar
+
+    for cli in (readme_runs["first"], readme_runs["resumed"]):
+        trainer = cli.trainer
+        bar = trainer.progress_bar_callback
+        assert isinstance(bar, StepProgressBar)
+        task = bar.progress.tasks[bar.train_progress_bar_id]
+        # Steps of the whole run (the tiny data gives 3-batch epochs), continued across the resume.
+        assert (task.completed, task.total) == (trainer.global_step, trainer.max_steps)
+        shown = dict(text.split(": ") for text in bar._metric_component._generate_metrics_texts())
+        loss = float(trainer.callback_metrics["train/loss"])
+        assert shown["train/loss"] == f"{loss:.4g}"
+        assert shown["epoch"] == str(math.ceil(trainer.global_step / trainer.num_training_batches))  # counted from 1
+        assert "v_num" not in shown
+
+
+def test_model_and_data_arguments_are_documented_for_fit_help(capsys, monkeypatch):
+    """LightningCLI takes --help text from the Args sections of the class docstrings."""
+    import inspect
+
+    import docstring_parser
+
+    import train
+
+    for cls in (CodebookTrainer, AudioDataModule):
+        documented = {p.arg_name: p.description for p in docstring_parser.parse(cls.__doc__).params}
+        params = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        assert [name for name in params if not documented.get(name, "").strip()] == [], cls.__name__
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit) as done:
+        train.main(["fit", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Adam learning rate" in text and "folder of audio files, searched recursively" in text
