@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log a W&B table of the results: offline into OUT/wandb/ (default; `wandb sync` uploads it later), online, or off")
     p.add_argument("--wandb-project", default="recon", help="W&B project of the run (default: %(default)s)")
     p.add_argument("--report-max-files", type=int, default=12, help="files with audio players in report.html and W&B")
+    p.add_argument("--report-embed", action="store_true", help="embed the audio in report.html (compressed) so the page works on its own; default: link the wavs in OUT/")
     p.add_argument("--no-perceptual", action="store_true", help="skip PESQ and STOI (slow, meaningful for speech)")
     return p
 
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     trainer.predict(runner, loader, return_predictions=False)
     if not trainer.is_global_zero:
         return 0
-    write_html_report(out, max_files=args.report_max_files)
+    write_html_report(out, max_files=args.report_max_files, embed=args.report_embed)
     log_to_wandb(out, mode=args.wandb, project=args.wandb_project, max_files=args.report_max_files, config=run_settings)
     with open(out / "errors.csv", newline="") as f:
         errors = list(csv.DictReader(f))

@@ -405,6 +405,18 @@ def _stoi_one(ref: np.ndarray, est: np.ndarray) -> float:
 _SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"pesq_wb": _pesq_one, "stoi": _stoi_one}
 
 
+def undefined_reason(name: str, reference: np.ndarray, estimate: np.ndarray) -> str | None:
+    """Why ``name`` (``pesq_wb`` or ``stoi``) is undefined for this pair by the checks that need no
+    library (input, length, level), or None. Cheap: the report asks it for every NaN cell."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1)
+    est = np.asarray(estimate, dtype=np.float64).reshape(-1)
+    try:
+        _check_defined(ref, est, {"pesq_wb": PESQ_MIN_SECONDS, "stoi": STOI_MIN_SECONDS}[name])
+    except _Undefined as err:
+        return str(err)
+    return None
+
+
 def perceptual_details(reference: np.ndarray, estimate: np.ndarray, names: Sequence[str] = PERCEPTUAL_METRICS) -> dict[str, tuple[float, str | None]]:
     """``{metric: (value, reason)}`` for one pair of 16 kHz host arrays; ``(nan, why)`` where undefined.
 
@@ -559,4 +571,5 @@ __all__ = [
     "si_sdr",
     "snr",
     "stoi",
+    "undefined_reason",
 ]

@@ -29,7 +29,10 @@ import html
 import io
 import json
 import math
+import shutil
+import urllib.parse
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,8 @@ from PIL import Image
 from torch import Tensor
 
 from recon.audio import LOG_MEL_FLOOR, AudioLoadError, AudioSpec, MelFrontEnd, load_audio
-from recon.files import write_text
+from recon import metrics as M
+from recon.files import write_bytes, write_text
 
 # --------------------------------------------------------------------------------------------------
 # constants
@@ -91,9 +95,6 @@ METRIC_ORDER = (
     "latent_snr_db",
     "bitrate_bps",
 )
-HIGHER_IS_BETTER = {"si_sdr_db", "snr_db", "pesq_wb", "stoi", "latent_snr_db"}
-LOWER_IS_BETTER = {"log_mel_db", "mel_multiscale", "mr_stft", "lsd_db"}
-# hf_retention: 1 is ideal; bitrate_bps: information, not a score.
 
 INPUT_NAME = "input"
 
@@ -276,20 +277,219 @@ def _load(path: Path, spec: AudioSpec) -> np.ndarray | None:
 
 
 # --------------------------------------------------------------------------------------------------
+# how values read
+
+# Where the page's media go unless they are embedded: one folder next to report.html.
+MEDIA_DIR = "report_files"
+
+
+@dataclass(frozen=True)
+class Column:
+    """How one metric reads in the page: a short header, its unit, its precision and direction."""
+
+    label: str
+    unit: str = ""
+    decimals: int = 3
+    better: str | None = None  # "higher", "lower", "one" (ideal at 1) or None (information)
+    title: str = ""
+
+
+COLUMNS = {
+    "log_mel_db": Column("log-mel", "dB", 1, "lower", "mean |difference| of the AudioLDM2 log-mel"),
+    "mel_multiscale": Column("mel DAC", "", 2, "lower", "DAC's multi-scale mel distance"),
+    "mr_stft": Column("MR-STFT", "", 2, "lower", "multi-resolution STFT distance (auraloss terms)"),
+    "lsd_db": Column("LSD", "dB", 1, "lower", "log-spectral distance"),
+    "si_sdr_db": Column("SI-SDR", "dB", 1, "higher", "scale-invariant signal-to-distortion ratio"),
+    "snr_db": Column("SNR", "dB", 1, "higher", "signal-to-noise ratio"),
+    "hf_retention": Column("HF kept", "×", 2, "one", "energy above 4 kHz relative to the input; 1 is ideal"),
+    "pesq_wb": Column("PESQ", "MOS", 2, "higher", "wide-band PESQ, 1-4.6; speech only"),
+    "stoi": Column("STOI", "0-1", 2, "higher", "short-time objective intelligibility; speech only"),
+    "latent_snr_db": Column("latent SNR", "dB", 1, "higher", "SNR of the variant's latent against the VAE's"),
+}
+# Rates are shown in the bitrate column, not as metrics.
+RATE_COLUMNS = ("bitrate_bps", "measured_bps")
+PERCEPTUAL = ("pesq_wb", "stoi")
+NOT_APPLICABLE = "—"
+UNDEFINED = "n/a"
+
+
+def _column(metric: str) -> Column:
+    return COLUMNS.get(metric, Column(metric))
+
+
+def _number(value: float, column: Column) -> str:
+    """Finite numbers: dB to one decimal; other values to the column's decimals, tiny ones as ``<0.001``."""
+    if column.unit == "dB":
+        text = f"{value:.1f}"
+        return "0.0" if text == "-0.0" else text
+    size = abs(value)
+    if value == 0:
+        return f"{0:.{column.decimals}f}"
+    if size < 0.001:
+        return "<0.001" if value > 0 else ">−0.001"
+    if size >= 1e4:
+        return f"{value:.2g}".replace("e+0", "e").replace("e+", "e")
+    return f"{value:.{max(column.decimals, 3 if size < 10 ** -column.decimals else 0)}f}"
+
+
+def _text(value: Any, column: Column) -> str:
+    """What a cell shows (plain text): a number, ``n/a`` for NaN (undefined), ``—`` for no value (not applicable)."""
+    if value is None or isinstance(value, str):
+        return NOT_APPLICABLE
+    v = float(value)
+    if math.isnan(v):
+        return UNDEFINED
+    if math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    return _number(v, column)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _best_texts(values: Iterable[Any], column: Column) -> set[str]:
+    """The shown text of the best value (all ties at the shown precision); empty with fewer than two
+    values or when all read the same (a mark on every row says nothing)."""
+    values = [float(v) for v in values if _finite(v)]
+    if column.better == "one":
+        values = [v for v in values if v > 0]
+    if len(values) < 2 or column.better is None or len({_number(v, column) for v in values}) == 1:
+        return set()
+    if column.better == "higher":
+        best = max(values)
+    elif column.better == "lower":
+        best = min(values)
+    else:
+        best = min(values, key=lambda v: abs(math.log(v)))
+    return {_number(best, column)}
+
+
+def _header(metric: str, explain: bool = True) -> str:
+    """A metric's column header: short label, unit and direction; ``explain`` adds a hover text."""
+    column = _column(metric)
+    arrow = {"higher": " &uarr;", "lower": " &darr;", "one": " &rarr;1"}.get(column.better or "", "")
+    unit = f"<br><span class=unit>{_e(column.unit)}{arrow}</span>" if column.unit or arrow else ""
+    title = f" title={_q(f'{metric}: {column.title}')}" if explain else ""
+    return f"<th{title}>{_e(column.label)}{unit}</th>"
+
+
+def _cell(text: str, *, best: bool = False, title: str = "", extra: str = "") -> str:
+    cls = "num best" if best else "num"
+    if text in (UNDEFINED, NOT_APPLICABLE):
+        cls += " na"
+    return f'<td class="{cls}"{f" title={_q(title)}" if title else ""}>{_e(text)}{extra}</td>'
+
+
+# --------------------------------------------------------------------------------------------------
+# why a PESQ or STOI cell is NaN
+
+
+def _short_reason(reason: str) -> str:
+    """A reason without its numbers, to group cells: 'estimate is near-silent (68 dB ...)' -> 'estimate is near-silent'."""
+    return reason.split(" (")[0]
+
+
+def _undefined_reasons(out_dir: Path, rows: list[dict], spec: AudioSpec) -> dict[tuple[str, str, str], str]:
+    """``(file, variant, metric) -> reason`` for every NaN PESQ/STOI cell of metrics.csv.
+
+    metrics.csv holds only the NaN, so the reason is found again from the written audio: first the
+    cheap checks of the pair (length, level); failing those, the library on the reference against
+    itself, once per file (no utterance, too few active frames: reasons of the reference alone).
+    """
+    reasons = {}
+    references: dict[str, np.ndarray | None] = {}
+    of_reference: dict[tuple[str, str], str | None] = {}
+    for row in rows:
+        file, variant = row["file"], row["variant"]
+        names = [m for m in PERCEPTUAL if isinstance(row.get(m), float) and math.isnan(row[m])]
+        if not names:
+            continue
+        if file not in references:
+            references[file] = _load(wav_path(out_dir, INPUT_NAME, file), spec)
+        ref, est = references[file], _load(wav_path(out_dir, variant, file), spec)
+        for name in names:
+            reason = None
+            if ref is not None and est is not None and ref.size == est.size:
+                reason = M.undefined_reason(name, ref, est)
+            if reason is None and ref is not None:
+                if (file, name) not in of_reference:
+                    of_reference[(file, name)] = M.perceptual_details(ref, ref, [name])[name][1]
+                reason = of_reference[(file, name)]
+            reasons[(file, variant, name)] = reason or "undefined when the run scored it (see its log)"
+    return reasons
+
+
+# --------------------------------------------------------------------------------------------------
+# the page's media: files next to it, or embedded
+
+
+class _Media:
+    """Audio and spectrogram URLs: data URIs with ``embed``, else files relative to ``OUT/``.
+
+    Linked audio is the variant's own wav (already in OUT); linked images go to ``OUT/report_files``.
+    Embedded audio is 16-bit FLAC: lossless, so what one hears is what was scored, at about half
+    the size of a WAV.
+    """
+
+    def __init__(self, out_dir: Path, embed: bool, spec: AudioSpec):
+        self.out_dir, self.embed, self.spec = out_dir, embed, spec
+
+    def audio(self, path: Path, wav: np.ndarray) -> str:
+        if self.embed:
+            return _data_uri("audio/flac", flac_bytes(wav, self.spec.sample_rate))
+        return _relative_url(path.relative_to(self.out_dir))
+
+    def image(self, variant: str, file: str, wav: np.ndarray) -> str:
+        png = spectrogram_png(wav, self.spec)
+        if self.embed:
+            return _data_uri("image/png", png)
+        rel = Path(MEDIA_DIR) / variant / Path(file).with_suffix(".png")
+        write_bytes(self.out_dir / rel, png)
+        return _relative_url(rel)
+
+
+def _relative_url(rel: Path) -> str:
+    return urllib.parse.quote(rel.as_posix())
+
+
+def flac_bytes(wav: np.ndarray | Tensor, sample_rate: int = 16000) -> bytes:
+    """A mono 16-bit FLAC file in memory (samples clipped to [-1, 1])."""
+    x = np.clip(_as_mono_numpy(wav), -1.0, 1.0)
+    buf = io.BytesIO()
+    sf.write(buf, x, sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
 # HTML
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222;background:#fafafa}
-h1{margin-top:0}h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin-top:2em}
-h3{margin:1.5em 0 .4em;font-family:monospace;font-size:1.05em}
-table{border-collapse:collapse;margin:.5em 0;background:#fff}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top;font-size:13px}td.num{white-space:nowrap}
-th{background:#eee}td.num{text-align:right;font-family:monospace}
-.nr{background:#fff3cd}.badge{display:inline-block;background:#d9534f;color:#fff;border-radius:3px;padding:0 5px;font-size:11px;margin-left:4px}
-.ref{background:#e8f4ff}.missing{color:#a00;font-style:italic}
-.file td{vertical-align:middle}.file img{display:block;image-rendering:pixelated}
-.note{color:#555;font-style:italic}.small{font-size:11px;color:#555}
-audio{width:300px}.scroll{overflow-x:auto}.file .small{margin-top:4px;line-height:1.4;max-width:300px}.file b{font-weight:600;color:#000}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1em 1.5em;color:#222;background:#fafafa;font-size:14px}
+h1{margin:0 0 .3em;font-size:1.5em}h2{border-bottom:2px solid #ccc;padding-bottom:.15em;margin:1.4em 0 .5em;font-size:1.2em}
+code{font-size:.95em}
+.banner{border-radius:4px;padding:.6em .9em;margin:.6em 0;border:1px solid}
+.banner.random{background:#f8d7da;border-color:#d9534f;color:#58151c}.banner.small{background:#fff3cd;border-color:#e0a800;color:#533f03}
+.banner.pretrained{background:#e8f4ff;border-color:#8ab6e0}.banner.unknown{background:#eee;border-color:#bbb}
+table{border-collapse:collapse;margin:.4em 0;background:#fff}
+th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top;font-size:13px}
+th{background:#eee;font-weight:600;vertical-align:bottom}.unit{font-weight:normal;color:#555;font-size:11px;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.na{color:#888}
+td.best{background:#d4edda;font-weight:700}td.name{font-family:monospace;white-space:nowrap}
+tr.nr td{background:#fff8e1}tr.nr td.best{background:#fff8e1;font-weight:normal}
+.badge{display:inline-block;background:#d9534f;color:#fff;border-radius:3px;padding:0 4px;font-size:10px;font-family:system-ui,sans-serif}
+sup.part{color:#a05a00;font-weight:normal;font-size:9px;line-height:0;margin-left:1px}
+.errors{max-height:18em;overflow-y:auto;display:inline-block}.errors td{font-size:12px}
+details{margin:.3em 0}summary{cursor:pointer}
+details.file{background:#fff;border:1px solid #ddd;border-radius:4px;padding:.25em .6em;margin:.25em 0}
+details.file[open]{padding-bottom:.6em}details.file>summary{font-size:13px}
+.small{font-size:12px;color:#555}.note{color:#555;font-style:italic}.missing{color:#a00;font-style:italic;font-size:12px}
+.scroll{overflow-x:auto;max-width:100%}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:8px;margin-top:.5em}
+.card{border:1px solid #ddd;border-radius:4px;padding:4px;background:#fff}.card.ref{background:#e8f4ff}.card.nr{background:#fff8e1}
+.card .name{font-family:monospace;font-size:12px;margin-bottom:2px}
+.card audio{width:100%;height:32px}.card img{display:block;width:100%;height:96px}
+dl.variants{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:12px}dl.variants dt{font-family:monospace}dl.variants dd{margin:0}
 """
 
 
@@ -297,67 +497,148 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (int, float)):
-        v = float(value)
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-            return f"{v:.3g}"
-        return f"{v:.4g}" if abs(v) < 10 else f"{v:.1f}"
-    return str(value)
+def _q(value: Any) -> str:
+    """A quoted, escaped attribute value."""
+    return f'"{_e(value)}"'
 
 
-def _arrow(metric: str) -> str:
-    if metric in HIGHER_IS_BETTER:
-        return " &uarr;"
-    if metric in LOWER_IS_BETTER:
-        return " &darr;"
-    return ""
+def _is_reconstruction(summary: dict, variant: str) -> bool:
+    return variant == INPUT_NAME or summary.get("variants", {}).get(variant, {}).get("is_reconstruction", True) is not False
 
 
-def _summary_table(summary: dict, variants: list[str], metrics: list[str]) -> str:
+def _variant_name(summary: dict, variant: str, explain: bool = True) -> str:
+    description = summary.get("variants", {}).get(variant, {}).get("description", "") if explain else ""
+    badge = "" if _is_reconstruction(summary, variant) else ' <span class="badge">not a reconstruction</span>'
+    return f'<td class="name"{f" title={_q(description)}" if description else ""}>{_e(variant)}{badge}</td>'
+
+
+# Banner text per kind of backbone weights (recon.backbone.describe_weights).
+_BANNERS = {
+    "random": (
+        "<b>&#9888; Random weights.</b> The backbone <code>{source}</code> is untrained: the output of "
+        "every variant that runs its VAE or vocoder is meaningless (near-silence or noise), and the "
+        "quality numbers of those variants are noise. Use this run to check the pipeline only."
+    ),
+    "small": (
+        "<b>Small stand-in backbone</b> <code>{source}</code>: a small stand-in for "
+        "<code>cvssp/audioldm2</code> trained on minutes of synthetic audio. The numbers show that the "
+        "pipeline works, not AudioLDM2's quality."
+    ),
+    "pretrained": "<b>Backbone:</b> <code>{source}</code> (pretrained weights).",
+}
+
+
+def _banner(run: dict) -> str:
+    source, weights = run.get("backbone_source"), run.get("backbone_weights")
+    if weights in _BANNERS and source:
+        text = _BANNERS[weights].format(source=_e(source))
+    else:
+        weights = "unknown"
+        text = f"<b>Backbone:</b> {f'<code>{_e(source)}</code>, weights not recorded' if source else 'not recorded in summary.json'}."
+    if run.get("ckpt"):
+        text += f" Codebook checkpoint: <code>{_e(run['ckpt'])}</code>."
+    return f'<div class="banner {weights}" id="backbone">{text}</div>'
+
+
+def _rate_cell(d: dict) -> str:
+    label = d.get("bitrate_label")
+    bps = d.get("bitrate_bps")
+    if label is None:
+        label = f"{bps / 1000:.1f} kbps" if _finite(bps) else "n/a"
+    title = label
+    if _finite(d.get("measured_bps")):
+        title += f"; measured {d['measured_bps'] / 1000:.2f} kbps (written files, headers included)"
+    text = f"{bps / 1000:.1f}" if _finite(bps) else NOT_APPLICABLE
+    return _cell(text, title=title)
+
+
+def _stat_cell(metric: str, mean: Any, median: Any, values: list, reasons: list[str], best: set[str]) -> str:
+    """One summary cell: the mean, with how many files it covers when PESQ/STOI were undefined for some."""
+    column = _column(metric)
+    undefined = [v for v in values if isinstance(v, float) and math.isnan(v)]
+    why = "; ".join(f"{r} ({n}x)" for r, n in _counts(_short_reason(r) for r in reasons).items())
+    if not _finite(mean):
+        if undefined:
+            return _cell(UNDEFINED, title=f"undefined for every file: {why}")
+        return _cell(_text(mean, column))
+    text = _text(mean, column)
+    title = f"mean; median {_text(median, column)}" if _finite(median) else "mean"
+    extra = ""
+    if undefined:
+        defined = len(values) - len(undefined)
+        title += f"; over {defined} of {len(values)} files, n/a for the others: {why}"
+        extra = f'<sup class="part">{defined}/{len(values)}</sup>'
+    return _cell(text, best=text in best, title=title, extra=extra)
+
+
+def _counts(items: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def _summary_table(summary: dict, variants: list[str], metrics: list[str], rows: list[dict], reasons: dict) -> str:
     info = summary.get("variants", {})
-    main = [m for m in metrics if m != "bitrate_bps"]
-    head = ["variant", "description", "bitrate", "files"]
-    out = ['<div class=scroll><table class="summary"><thead><tr>']
-    out += [f"<th>{_e(h)}</th>" for h in head]
-    out += [f"<th>{_e(m)}{_arrow(m)}<br><span class=small>mean / median</span></th>" for m in main]
-    out += ["<th>s / clip</th><th>real-time factor</th></tr></thead><tbody>"]
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], []).append(r)
+    # The best of each column among the reconstructions: a generated clip does not compete.
+    scored = [v for v in variants if _is_reconstruction(summary, v)]
+    best = {m: _best_texts(((info.get(v, {}).get("mean") or {}).get(m) for v in scored), _column(m)) for m in metrics}
+    timing = {"seconds_per_clip": Column("s / clip", "s", 2, "lower"), "real_time_factor": Column("speed", "× real time", 1, "higher")}
+    best_timing = {k: _best_texts((info.get(v, {}).get(k) for v in variants), c) for k, c in timing.items()}
+
+    out = ['<div class=scroll><table class="summary" id="summary"><thead><tr><th>variant</th>',
+           '<th title="nominal bitrate of the variant\'s bitstream">bitrate<br><span class=unit>kbps</span></th>']  # fmt: skip
+    out += [_header(m) for m in metrics]
+    out += ['<th title="compute seconds per clip">time<br><span class=unit>s / clip</span></th>',
+            '<th title="seconds of audio per second of compute">speed<br><span class=unit>&times; real time</span></th>',
+            "<th>files</th></tr></thead><tbody>"]  # fmt: skip
     for v in variants:
         d = info.get(v, {})
-        is_rec = d.get("is_reconstruction", True) is not False
-        label = d.get("bitrate_label")
-        if label is None:
-            bps = d.get("bitrate_bps")
-            label = f"{bps / 1000:.2f} kbps" if isinstance(bps, (int, float)) else "n/a"
-        mean, median = d.get("mean", {}) or {}, d.get("median", {}) or {}
-        name = _e(v) + ("" if is_rec else ' <span class="badge">not a reconstruction</span>')
-        out.append(f'<tr{"" if is_rec else " class=nr"}><td>{name}</td><td>{_e(d.get("description", ""))}</td>')
-        out.append(f"<td>{_e(label)}</td><td class=num>{_e(_fmt(d.get('files')))}</td>")
-        for m in main:
-            out.append(f"<td class=num>{_e(_fmt(mean.get(m)))} / {_e(_fmt(median.get(m)))}</td>")
-        out.append(
-            f"<td class=num>{_e(_fmt(d.get('seconds_per_clip')))}</td><td class=num>{_e(_fmt(d.get('real_time_factor')))}</td></tr>"
-        )
+        mean, median = d.get("mean") or {}, d.get("median") or {}
+        mine = by_variant.get(v, [])
+        out.append(f'<tr{"" if _is_reconstruction(summary, v) else " class=nr"}>{_variant_name(summary, v)}{_rate_cell(d)}')
+        for m in metrics:
+            cell_reasons = [reasons[(r["file"], v, m)] for r in mine if (r["file"], v, m) in reasons]
+            out.append(_stat_cell(m, mean.get(m), median.get(m), [r.get(m) for r in mine], cell_reasons, best[m]))
+        for key, column in timing.items():
+            text = _text(d.get(key), column)
+            out.append(_cell(text, best=text in best_timing[key]))
+        out.append(_cell(_text(d.get("files", len(mine) or None), Column("files", decimals=0))) + "</tr>")
     out.append("</tbody></table></div>")
-    out.append(
-        "<p class=small>&darr; lower is better, &uarr; higher is better; hf_retention is ideal at 1. "
-        "Rows marked <span class=badge>not a reconstruction</span> do not try to reproduce the input "
-        "(e.g. text-to-audio); their metrics are for reference only.</p>"
-    )
     return "".join(out)
 
 
+def _summary_notes(summary: dict, variants: list[str], reasons: dict) -> str:
+    notes = [
+        "Means over files (hover a cell for the median). &darr; lower is better, &uarr; higher is better, "
+        "&rarr;1 best at 1; the best value of each column is <span style='background:#d4edda;font-weight:700'>marked</span> "
+        f"among the reconstructions. {NOT_APPLICABLE} not applicable to the variant; {UNDEFINED} undefined."
+    ]
+    if any(not _is_reconstruction(summary, v) for v in variants):
+        notes.append(
+            "Rows marked <span class=badge>not a reconstruction</span> do not try to reproduce the input "
+            "(e.g. text-to-audio); their metrics are for reference only."
+        )
+    notes.append(
+        "PESQ and STOI are speech measures: n/a where they are undefined (reference too short or with "
+        f"no utterance, an output that is silent or more than {M.NEAR_SILENT_DB:g} dB below the input); "
+        "<sup class=part>k/n</sup>: the mean covers k of n files."
+    )
+    out = "".join(f"<p class=small>{n}</p>" for n in notes)
+    if reasons:
+        items = "".join(f"<li>{_e(r)}: {n} cell(s)</li>" for r, n in _counts(_short_reason(r) for r in reasons.values()).items())
+        out += f"<details><summary class=small>Why PESQ/STOI are n/a ({len(reasons)} cells)</summary><ul class=small>{items}</ul></details>"
+    descriptions = [(v, summary.get("variants", {}).get(v, {}).get("description")) for v in variants]
+    if any(d for _, d in descriptions):
+        items = "".join(f"<dt>{_e(v)}</dt><dd>{_e(d or '')}</dd>" for v, d in descriptions)
+        out += f"<details><summary class=small>What each variant does</summary><dl class=variants>{items}</dl></details>"
+    return out
+
+
 def _kv_table(data: dict) -> str:
-    if not data:
-        return "<p class=note>no run settings recorded</p>"
     rows = []
     for k, v in data.items():
         text = v if isinstance(v, str) else json.dumps(v, default=str)
@@ -365,54 +646,90 @@ def _kv_table(data: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _row_metrics(row: dict | None, metrics: list[str]) -> str:
-    if row is None:
+def _settings(summary: dict) -> str:
+    run, timing = summary.get("run") or {}, summary.get("timing")
+    body = _kv_table(run) if run else "<p class=note>no run settings recorded</p>"
+    if timing:
+        body += "<p class=small>Timing</p>" + _kv_table(timing)
+    return f"<details><summary><b>Run settings</b> ({len(run)})</summary>{body}</details>"
+
+
+def _errors(errors: list[dict]) -> str:
+    if not errors:
         return ""
-    parts = [f"{_e(m)}&nbsp;<b>{_e(_fmt(row.get(m)))}</b>" for m in metrics if row.get(m) is not None]
-    if row.get("seconds") is not None:
-        parts.append(f"time&nbsp;<b>{_e(_fmt(row['seconds']))}&nbsp;s</b>")
-    if row.get("notes"):
-        parts.append(f"<i>{_e(row['notes'])}</i>")
-    return " &middot; ".join(parts)
-
-
-def _file_section(out_dir: Path, file: str, variants: list[str], by_key: dict, metrics: list[str], summary: dict, spec: AudioSpec) -> str:
-    info = summary.get("variants", {})
-    out = [f"<h3>{_e(file)}</h3>", '<div class=scroll><table class="file"><tbody>']
-    for v in [INPUT_NAME, *variants]:
-        path = wav_path(out_dir, v, file)
-        wav = _load(path, spec)
-        is_rec = v == INPUT_NAME or info.get(v, {}).get("is_reconstruction", True) is not False
-        cls = "ref" if v == INPUT_NAME else ("" if is_rec else "nr")
-        label = _e(v) + ("" if is_rec else ' <span class="badge">not a reconstruction</span>')
-        out.append(f'<tr class="{cls}"><td>{label}</td>')
-        if wav is None:
-            out.append(f'<td colspan=2 class="missing">missing or unreadable: {_e(path.relative_to(out_dir).as_posix())}</td></tr>')
-            continue
-        audio = _data_uri("audio/wav", wav_bytes(wav, spec.sample_rate))
-        image = _data_uri("image/png", spectrogram_png(wav, spec))
-        out.append(f'<td><audio controls preload="metadata" src="{audio}"></audio>')
-        out.append(f"<div class=small>{_row_metrics(by_key.get((file, v)), metrics)}</div></td>")
-        out.append(f'<td><img alt="log-mel spectrogram of {_e(v)}" src="{image}"></td></tr>')
+    cols = _ordered_unique(k for row in errors for k in row)
+    out = [f'<h2 id="errors">Errors ({len(errors)})</h2><p class=small>From errors.csv; an empty variant means the whole input failed.</p>']
+    out.append("<div class=errors><table><thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead><tbody>")
+    for row in errors:
+        out.append("<tr>" + "".join(f"<td>{_e(row.get(c, ''))}</td>" for c in cols) + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
 
-def _errors_table(errors: list[dict]) -> str:
-    if not errors:
-        return ""
-    cols = _ordered_unique(k for row in errors for k in row)
-    out = [f"<h2>Errors ({len(errors)})</h2><table><thead><tr>"]
-    out += [f"<th>{_e(c)}</th>" for c in cols]
-    out.append("</tr></thead><tbody>")
-    for row in errors:
-        out.append("<tr>" + "".join(f"<td>{_e(row.get(c, ''))}</td>" for c in cols) + "</tr>")
-    out.append("</tbody></table>")
+def _file_grid(file: str, variants: list[str], by_key: dict, metrics: list[str], summary: dict, reasons: dict) -> str:
+    """The metrics of one file: variants as rows, like the summary table."""
+    scored = [v for v in variants if _is_reconstruction(summary, v)]
+    best = {m: _best_texts((by_key.get((file, v), {}).get(m) for v in scored), _column(m)) for m in metrics}
+    out = ["<div class=scroll><table class=grid><thead><tr><th>variant</th>", *(_header(m, explain=False) for m in metrics)]
+    notes = any(by_key.get((file, v), {}).get("notes") for v in variants)
+    out.append(f'<th>time<br><span class=unit>s</span></th>{"<th>notes</th>" if notes else ""}</tr></thead><tbody>')
+    for v in variants:
+        row = by_key.get((file, v))
+        out.append(f'<tr{"" if _is_reconstruction(summary, v) else " class=nr"}>{_variant_name(summary, v, explain=False)}')
+        if row is None:
+            out.append(f'<td colspan={len(metrics) + 1 + notes} class=missing>no metrics (see errors)</td></tr>')
+            continue
+        for m in metrics:
+            text = _text(row.get(m), _column(m))
+            out.append(_cell(text, best=text in best[m], title=reasons.get((file, v, m), "")))
+        out.append(_cell(_text(row.get("seconds"), Column("s", decimals=2))))
+        out.append((f"<td class=small>{_e(row.get('notes') or '')}</td>" if notes else "") + "</tr>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
-def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = AudioSpec()) -> str:
-    """The report page as a string (see :func:`write_html_report`)."""
+def _media_cards(out_dir: Path, file: str, variants: list[str], summary: dict, media: _Media, spec: AudioSpec) -> str:
+    out = ["<div class=cards>"]
+    for v in [INPUT_NAME, *variants]:
+        path = wav_path(out_dir, v, file)
+        cls = "ref" if v == INPUT_NAME else ("" if _is_reconstruction(summary, v) else "nr")
+        out.append(f'<div class="card {cls}"><div class=name>{_e(v)}</div>')
+        wav = _load(path, spec)
+        if wav is None:
+            out.append(f'<div class="missing">missing or unreadable: {_e(path.relative_to(out_dir).as_posix())}</div></div>')
+            continue
+        out.append(f'<audio controls preload="none" src="{_e(media.audio(path, wav))}"></audio>')
+        out.append(f'<img loading="lazy" alt="log-mel spectrogram of {_e(v)}" src="{_e(media.image(v, file, wav))}"></div>')
+    out.append("</div>")
+    return "".join(out)
+
+
+def _file_section(out_dir: Path, file: str, variants: list[str], by_key: dict, metrics: list[str], summary: dict,
+                  reasons: dict, errors: list[dict], media: _Media | None, spec: AudioSpec) -> str:  # fmt: skip
+    """One file, collapsed: its name, length and problems on one line; metrics, players, spectrograms inside."""
+    mine = [by_key[(file, v)] for v in variants if (file, v) in by_key]
+    facts = []
+    duration = next((r["duration_s"] for r in mine if _finite(r.get("duration_s"))), None)
+    if duration is not None:
+        facts.append(f"{duration:.1f} s")
+    failed = sum(e.get("file") == file for e in errors)
+    if failed:
+        facts.append(f'<span class=missing>{failed} error(s)</span>')
+    undefined = sum(k[0] == file for k in reasons)
+    if undefined:
+        facts.append(f"{undefined} PESQ/STOI n/a")
+    facts.append("audio + spectrograms" if media is not None else "metrics only")
+    out = [f'<details class=file><summary><code>{_e(file)}</code> <span class=small>&middot; {" &middot; ".join(facts)}</span></summary>']
+    out.append(_file_grid(file, variants, by_key, metrics, summary, reasons))
+    if media is not None:
+        out.append(_media_cards(out_dir, file, variants, summary, media, spec))
+    out.append("</details>")
+    return "".join(out)
+
+
+def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = AudioSpec(), embed: bool = False) -> str:
+    """The report page as a string (see :func:`write_html_report`); unless ``embed``, it writes the
+    spectrogram images under ``OUT/report_files``."""
     out_dir = Path(out_dir)
     rows = read_metrics(out_dir)
     summary = read_summary(out_dir)
@@ -421,48 +738,62 @@ def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = Audio
     files = _files(out_dir, rows)
     csv_metrics = metric_columns(out_dir)
     summary_metrics = _ordered_unique(m for d in summary["variants"].values() for m in (d.get("mean") or {}))
-    metrics = _sort_metrics(_ordered_unique([*csv_metrics, *summary_metrics]))
+    metrics = [m for m in _sort_metrics(_ordered_unique([*csv_metrics, *summary_metrics])) if m not in RATE_COLUMNS]
     by_key = {(r["file"], r["variant"]): r for r in rows}
-    shown = files[: max(0, max_files)]
+    reasons = _undefined_reasons(out_dir, rows, spec)
+    media = _Media(out_dir, embed, spec)
+    with_media = set(files[: max(0, max_files)])
 
     title = f"recon reconstruction report - {out_dir.name}"
+    error_link = f'<a href="#errors">{len(errors)} error(s)</a>' if errors else "no errors"
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        f"<p>{len(files)} file(s), {len(variants)} variant(s), {len(rows)} metric row(s), {len(errors)} error(s).</p>",
-        "<h2>Run settings</h2>",
-        _kv_table(summary.get("run") or {}),
+        _banner(summary.get("run") or {}),
+        f"<p class=small>{len(files)} file(s) &times; {len(variants)} variant(s), {len(rows)} metric row(s), {error_link}.</p>",
         "<h2>Summary per variant</h2>",
-        _summary_table(summary, variants, metrics) if variants else "<p class=note>no variants</p>",
-        "<h2>Audio and spectrograms</h2>",
-        "<p class=small>Log-mel spectrograms (AudioLDM2 front-end, 64 mel bins 0-8 kHz, low frequencies at the bottom), "
-        "fixed colour range ln(1e-5) .. ln(10) (-100 .. +20 dB) for every image. Audio is embedded as 16-bit PCM WAV.</p>",
+        _summary_table(summary, variants, metrics, rows, reasons) + _summary_notes(summary, variants, reasons)
+        if variants
+        else "<p class=note>no variants</p>",
+        _errors(errors),
+        "<h2>Run</h2>",
+        _settings(summary),
+        f"<h2>Files ({len(files)})</h2>",
+        "<p class=small>Click a file for its metrics per variant"
+        + (f", players and log-mel spectrograms (the first {len(with_media)} of {len(files)} files; --report-max-files)" if files else "")
+        + ". Spectrograms: AudioLDM2 front-end, 64 mel bins 0-8 kHz, low frequencies at the bottom, one fixed colour "
+        "range ln(1e-5) .. ln(10) (-100 .. +20 dB) for every image. "
+        + ("Audio is embedded as 16-bit FLAC." if embed else "Audio links the wavs in this folder; keep the page next to them.")
+        + "</p>",
     ]
-    if len(files) > len(shown):
-        parts.append(
-            f"<p class=note>Showing {len(shown)} of {len(files)} files; {len(files) - len(shown)} file(s) left out "
-            f"of the audio section (max_files={max_files}). All rows are in metrics.csv.</p>"
-        )
-    for file in shown:
-        parts.append(_file_section(out_dir, file, variants, by_key, metrics, summary, spec))
-    parts.append(_errors_table(errors))
+    if len(files) > len(with_media):
+        parts.append(f"<p class=note>{len(files) - len(with_media)} file(s) left out of the players (max_files={max_files}); their metrics are below and in metrics.csv.</p>")
+    for file in files:
+        parts.append(_file_section(out_dir, file, variants, by_key, metrics, summary, reasons, errors, media if file in with_media else None, spec))
     parts.append("</body></html>\n")
     return "".join(parts)
 
 
-def write_html_report(out_dir: str | Path, max_files: int = 12) -> Path:
-    """Write ``OUT/report.html``: fully self-contained (inline CSS, media as base64 data URIs, no JS).
+def write_html_report(out_dir: str | Path, max_files: int = 12, embed: bool = False) -> Path:
+    """Write ``OUT/report.html`` (atomically) and, unless ``embed``, its images under ``OUT/report_files/``.
 
-    Contents: run settings, a per-variant summary (non-reconstructions flagged), then for the first
-    ``max_files`` files of ``metrics.csv`` an audio player, a spectrogram and the metrics of each
-    variant (input first), and the errors table when ``errors.csv`` has rows. Written atomically.
-    Size: each 10.24 s clip adds about 440 kB of base64 audio, so ``max_files x (variants + 1)``
-    players dominate the file size.
+    Order: a banner naming the backbone (a warning for random weights), the summary table (variants
+    as rows, best value per column marked), errors.csv, the run settings (collapsed), then one
+    collapsed section per file with its metrics, and for the first ``max_files`` files an audio
+    player and a spectrogram per variant (input first). No JavaScript, no external resources.
+
+    Size: linked (default), the page holds text only (about 2 kB per file x variant) and the images
+    ~10-30 kB each sit in ``report_files``; embedded, each 10.24 s clip adds its FLAC (~0.1-0.4 MB
+    as base64, less for quiet outputs) and its image, so ``max_files x (variants + 1)`` sets the size.
     """
     out_dir = Path(out_dir)
+    # Images of an earlier report (other files, other variants) must not linger beside this one.
+    if (out_dir / MEDIA_DIR).is_dir():
+        shutil.rmtree(out_dir / MEDIA_DIR)
     path = out_dir / "report.html"
-    write_text(path, build_html(out_dir, max_files))
+    write_text(path, build_html(out_dir, max_files, embed=embed))
     return path
 
 

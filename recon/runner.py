@@ -61,7 +61,7 @@ METRIC_COLUMNS = (*M.WAVEFORM_METRICS, *M.PERCEPTUAL_METRICS, "latent_snr_db")
 # bitrate_bps: the variant's nominal rate; measured_bps: its written file's bytes x 8 / duration.
 ROW_COLUMNS = ("file", "variant", "duration_s", "seconds", *METRIC_COLUMNS, "bitrate_bps", "measured_bps", "notes")
 ERROR_COLUMNS = ("file", "variant", "reason")
-RESULT_NAMES = ("metrics.csv", "summary.json", "errors.csv", "report.html")
+RESULT_NAMES = ("metrics.csv", "summary.json", "errors.csv", "report.html", "report_files/")
 INPUT_FOLDER = "input"
 # Written by global rank 0 at start-up; every rank must see it (a shared output folder).
 RUN_MARKER = ".recon-run"
