@@ -338,3 +338,14 @@ def test_ddcm_decoding_in_a_batch_reproduces_encoding_one_segment_at_a_time(pipe
     batched, reference = decompress(denoiser, indices, 8, 32, 5, x0.shape), torch.cat([r for _, r in alone])
     assert (batched - reference).abs().max() <= 1e-5 * reference.abs().max()
     assert torch.equal(compress(denoiser, x0, 8, 32, 5)[0], indices)
+
+
+def test_recon_prints_its_results_and_none_of_the_libraries_chatter(inputs, tmp_path):
+    from tests.test_infer import LIBRARY_NOISE, ConsoleCapture
+
+    with ConsoleCapture() as console:
+        assert cli.main(["encode", str(inputs / "short.wav"), "--ckpt", str(DEMO_CKPT), "--out", str(tmp_path / "coded"), "--device", "cpu"]) == 0
+        assert cli.main(["decode", str(tmp_path / "coded"), "--ckpt", str(DEMO_CKPT), "--out", str(tmp_path / "decoded"), "--device", "cpu"]) == 0
+    assert "encoded 1 file(s)" in console.stdout.getvalue() and "decoded 1 file(s)" in console.stdout.getvalue()
+    assert [noise for noise in LIBRARY_NOISE if noise in console.text] == [], console.text
+    assert [str(w.message) for w in console.warnings] == []
