@@ -182,3 +182,51 @@ def test_perceptual_scores_land_in_their_row(tmp_path, caplog, workers):
     assert writer._pool is None and writer._thread is None
     M.perceptual_scores(reference, np.zeros_like(estimate), "b.wav [codebook_hard]")
     assert "pesq_wb of b.wav [codebook_hard] is NaN: estimate is silent" in caplog.text
+
+
+def test_overwrite_follows_the_manifest_and_never_leaves_the_output_folder(tmp_path):
+    import json
+
+    from recon.runner import MANIFEST, UsageError, check_output, remove_previous
+
+    out, outside = tmp_path / "out", tmp_path / "precious"
+    outside.mkdir()
+    (outside / "x.wav").write_bytes(b"keep")
+    out.mkdir()
+    for entry in ("input/", "old_variant/"):
+        (out / entry / "a.wav").parent.mkdir()
+        (out / entry / "a.wav").write_bytes(b"")
+    (out / "metrics.csv").write_text("")
+    (out / "mine.txt").write_text("the user's")
+    (out / MANIFEST).write_text(json.dumps({"entries": ["input/", "old_variant/", "metrics.csv", "summary.json"]}))
+    with pytest.raises(UsageError, match="--overwrite"):
+        check_output(out, overwrite=False)
+    stale = check_output(out, overwrite=True, outputs=["input/", "vae_mode/", "metrics.csv"])
+    assert sorted(stale) == ["input/", "metrics.csv", "old_variant/"]  # summary.json was never written
+    remove_previous(out, stale)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "mine.txt"]
+    # A damaged record that names something outside OUT is refused, not followed.
+    for bad in ("../precious", "/tmp", "a/b", ".."):
+        (out / MANIFEST).write_text(json.dumps({"entries": [bad]}))
+        with pytest.raises(UsageError, match="not names inside"):
+            check_output(out, overwrite=True)
+    (out / MANIFEST).write_text("{not json")
+    with pytest.raises(UsageError, match="cannot read"):
+        check_output(out, overwrite=True)
+    assert (outside / "x.wav").read_bytes() == b"keep"
+
+
+def test_a_folder_written_before_manifests_is_read_from_its_summary(tmp_path):
+    import json
+
+    from recon.runner import RESULT_NAMES, check_output
+
+    out = tmp_path / "out"
+    for folder in ("input", "vae_mode", "griffinlim", "wandb", "my_clips"):
+        (out / folder).mkdir(parents=True)
+        (out / folder / "a.wav").write_bytes(b"")
+    for name in RESULT_NAMES:
+        (out / name).write_text("")
+    (out / "summary.json").write_text(json.dumps({"variants": {"vae_mode": {}, "griffinlim": {}}, "run": {"wandb": "offline"}}))
+    stale = check_output(out, overwrite=True, outputs=["input/", "vae_mode/", *RESULT_NAMES])
+    assert sorted(stale) == sorted(["input/", "vae_mode/", "griffinlim/", "wandb/", *RESULT_NAMES])  # not my_clips/
