@@ -36,12 +36,13 @@ class TrainCLI(LightningCLI):
         # --verbose. main() reads it before parsing; declared here for --help and validation.
         self.parser.add_argument("--verbose", action="store_true", help="also print Lightning's info messages and the warnings recon hides")
 
-    def _settings(self):
-        return self.config[self.subcommand] if self.subcommand else self.config
+    def _section(self, config):
+        """This subcommand's part of a parsed (or instantiated) configuration."""
+        return config[self.subcommand] if self.subcommand else config
 
     def instantiate_trainer(self, **kwargs):
-        trainer = self._settings()["trainer"]
-        callbacks = self.config_init[self.subcommand]["trainer"]["callbacks"] if self.subcommand else self.config_init["trainer"]["callbacks"]
+        trainer = self._section(self.config)["trainer"]
+        callbacks = self._section(self.config_init)["trainer"]["callbacks"]
         callbacks = [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
         # Lightning's rich bar counts batches of the current epoch; ours counts steps of the run.
         wanted = trainer.get("enable_progress_bar") is not False and importlib.util.find_spec("rich") is not None
@@ -51,7 +52,7 @@ class TrainCLI(LightningCLI):
 
     def before_fit(self) -> None:
         # Resuming a run that already reached max_steps trains nothing; say so instead of exiting quietly.
-        ckpt_path, max_steps = self._settings().get("ckpt_path"), self.trainer.max_steps
+        ckpt_path, max_steps = self._section(self.config).get("ckpt_path"), self.trainer.max_steps
         if not ckpt_path or not Path(ckpt_path).is_file() or max_steps is None or max_steps < 0:
             return
         step = torch.load(ckpt_path, map_location="cpu", weights_only=True)["global_step"]
