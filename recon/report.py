@@ -1,4 +1,4 @@
-"""Human-readable reports of a variant run: a self-contained HTML page and a W&B table.
+"""Human-readable reports of a variant run: an HTML page (``OUT/report.html``) and a W&B table.
 
 Both read the output folder that the variant runner writes::
 
@@ -8,7 +8,9 @@ Both read the output folder that the variant runner writes::
     OUT/summary.json             {"variants": {name: {...}}, "run": {...}}
     OUT/errors.csv               file, variant (empty: the whole input), reason (optional)
 
-``rel`` is the ``file`` column of ``metrics.csv`` with its suffix replaced by ``.wav``.
+``rel`` is the ``file`` column of ``metrics.csv`` with its suffix replaced by ``.wav``. The page
+links those wavs and writes its images to ``OUT/report_files/`` (so it stays small as runs grow),
+or with ``embed=True`` carries both inside itself (audio as FLAC) to work on its own.
 
 Spectrogram images
 ------------------
@@ -329,7 +331,8 @@ def _number(value: float, column: Column) -> str:
         return "<0.001" if value > 0 else ">−0.001"
     if size >= 1e4:
         return f"{value:.2g}".replace("e+0", "e").replace("e+", "e")
-    return f"{value:.{max(column.decimals, 3 if size < 10 ** -column.decimals else 0)}f}"
+    decimals = 3 if size < 10**-column.decimals else column.decimals  # 0.004 stays 0.004, not 0.00
+    return f"{value:.{decimals}f}"
 
 
 def _text(value: Any, column: Column) -> str:
@@ -698,7 +701,7 @@ def _media_cards(out_dir: Path, file: str, variants: list[str], summary: dict, m
         if wav is None:
             out.append(f'<div class="missing">missing or unreadable: {_e(path.relative_to(out_dir).as_posix())}</div></div>')
             continue
-        out.append(f'<audio controls preload="none" src="{_e(media.audio(path, wav))}"></audio>')
+        out.append(f'<audio controls preload="metadata" src="{_e(media.audio(path, wav))}"></audio>')
         out.append(f'<img loading="lazy" alt="log-mel spectrogram of {_e(v)}" src="{_e(media.image(v, file, wav))}"></div>')
     out.append("</div>")
     return "".join(out)
