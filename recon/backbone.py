@@ -270,12 +270,18 @@ def main(argv: list[str] | None = None) -> None:
     small.add_argument("--vae-steps", type=int, default=SmallRecipe.vae_steps, help="VAE optimiser steps (default: %(default)s)")
     small.add_argument("--vocoder-steps", type=int, default=SmallRecipe.vocoder_steps, help="vocoder optimiser steps (default: %(default)s)")
     small.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the crops (default: %(default)s)")
+    small.add_argument("--init", help="start from this saved backbone folder instead of random weights")
+    small.add_argument("--stages", default="vae,vocoder", help="what trains: vae, vocoder or both (default: %(default)s); "
+                       "'--init DIR --stages vocoder' continues DIR's vocoder and keeps its VAE")
     info = sub.add_parser("info", help="load a backbone source and print its shapes and parameter counts")
     info.add_argument("source", nargs="?", default=HUB_ID)
     args = parser.parse_args(argv)
     if args.command == "train-small":
         recipe = SmallRecipe(vae_steps=args.vae_steps, vocoder_steps=args.vocoder_steps, seed=args.seed)
-        out = train_small(args.data, args.out, recipe, args.device)
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        if not stages or set(stages) - {"vae", "vocoder"}:
+            parser.error(f"--stages takes vae, vocoder or both, not {args.stages!r}")
+        out = train_small(args.data, args.out, recipe, args.device, init=args.init, stages=stages)
         print(f"wrote the trained small backbone to {out}")
     elif args.command == "make":
         out = make_backbone_folder(args.size, args.out, args.seed)

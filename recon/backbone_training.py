@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .audio import AudioSpec, MelFrontEnd, load_audio, normalise
-from .backbone import build_random
+from .backbone import build_random, load_components
 from .data import find_audio_files
 
 
@@ -166,42 +166,65 @@ def train_vocoder(vocoder, sampler: CropSampler, front_end: MelFrontEnd, recipe:
     return losses
 
 
-def train_small(data: str | Path, out: str | Path, recipe: SmallRecipe = SmallRecipe(), device: str = "auto") -> Path:
-    """Train VAE and vocoder on the audio under ``data``; save them under ``out`` in the hub layout."""
+def train_small(
+    data: str | Path,
+    out: str | Path,
+    recipe: SmallRecipe = SmallRecipe(),
+    device: str = "auto",
+    *,
+    init: str | Path | None = None,
+    stages: tuple[str, ...] = ("vae", "vocoder"),
+) -> Path:
+    """Train VAE and vocoder on the audio under ``data``; save them under ``out`` in the hub layout.
+
+    ``init`` starts from a saved backbone instead of random weights, and ``stages`` chooses what
+    trains (``("vocoder",)`` continues only the vocoder and keeps the VAE and its scaling). The
+    record of every earlier run of ``init`` is kept in ``recon_backbone.json``'s ``history``.
+    """
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     spec = AudioSpec()
     torch.manual_seed(recipe.seed)
     clips = load_clips(data, spec)
     front_end = MelFrontEnd(spec)
     sampler = CropSampler(clips, front_end, recipe.seed)
-    vae, vocoder = build_random("small", seed=recipe.seed)
+    history: list[dict] = []
+    if init is None:
+        vae, vocoder = build_random("small", seed=recipe.seed)
+    else:
+        vae, vocoder = load_components(str(init), local_files_only=True)
+        previous = json.loads((Path(init) / "recon_backbone.json").read_text())
+        history = previous.pop("history", []) + [previous]
 
-    started = time.perf_counter()
-    vae_losses = train_vae(vae, sampler, recipe, dev)
-    vae_seconds = time.perf_counter() - started
-    scaling = 1.0 / latent_std(vae, sampler, dev)
-    vae.register_to_config(scaling_factor=scaling)
-
-    started = time.perf_counter()
-    vocoder_losses = train_vocoder(vocoder, sampler, front_end, recipe, dev)
-    vocoder_seconds = time.perf_counter() - started
+    record: dict = {"trained_size": "small", "stages": list(stages)}
+    if "vae" in stages:
+        started = time.perf_counter()
+        losses = train_vae(vae, sampler, recipe, dev)
+        record["minutes_vae"] = round((time.perf_counter() - started) / 60, 1)
+        record["final_vae_l1"] = _tail_mean(losses)
+        vae.register_to_config(scaling_factor=1.0 / latent_std(vae, sampler, dev))
+    if "vocoder" in stages:
+        started = time.perf_counter()
+        losses = train_vocoder(vocoder, sampler, front_end, recipe, dev)
+        record["minutes_vocoder"] = round((time.perf_counter() - started) / 60, 1)
+        record["final_vocoder_mel_l1"] = _tail_mean(losses)
 
     out = Path(out)
     vae.eval().cpu().save_pretrained(out / "vae")
     vocoder.eval().cpu().save_pretrained(out / "vocoder")
-    tail = 100  # the last steps' mean is the end-of-training loss, less noisy than one step
-    record = {
-        "trained_size": "small",
-        "data": {"files": len(clips), "seconds": round(sum(c.numel() for c in clips) / spec.sample_rate, 1)},
-        "recipe": asdict(recipe),
-        "scaling_factor": scaling,
-        "final_vae_l1": sum(vae_losses[-tail:]) / len(vae_losses[-tail:]),
-        "final_vocoder_mel_l1": sum(vocoder_losses[-tail:]) / len(vocoder_losses[-tail:]),
-        "minutes": {"vae": round(vae_seconds / 60, 1), "vocoder": round(vocoder_seconds / 60, 1)},
-        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-    }
+    record.update(
+        data={"files": len(clips), "seconds": round(sum(c.numel() for c in clips) / spec.sample_rate, 1)},
+        recipe=asdict(recipe),
+        scaling_factor=float(vae.config.scaling_factor),
+        device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
+        torch=torch.__version__,
+        history=history,
+    )
     (out / "recon_backbone.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _tail_mean(losses: list[float], tail: int = 100) -> float:
+    """The last steps' mean: the end-of-training loss, less noisy than one step."""
+    return sum(losses[-tail:]) / len(losses[-tail:])

@@ -14,6 +14,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
+# mkstemp creates files readable by their owner only; outputs get the permissions of any new file.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 import numpy as np
 import soundfile as sf
 
@@ -25,6 +29,7 @@ def _write_atomic(path: Path, mode: str, fill: Callable[[IO], None]) -> None:
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as f:
             fill(f)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -230,3 +231,14 @@ def test_a_folder_written_before_manifests_is_read_from_its_summary(tmp_path):
     (out / "summary.json").write_text(json.dumps({"variants": {"vae_mode": {}, "griffinlim": {}}, "run": {"wandb": "offline"}}))
     stale = check_output(out, overwrite=True, outputs=["input/", "vae_mode/", *RESULT_NAMES])
     assert sorted(stale) == sorted(["input/", "vae_mode/", "griffinlim/", "wandb/", *RESULT_NAMES])  # not my_clips/
+
+
+def test_written_files_have_the_permissions_of_any_new_file(tmp_path):
+    # The atomic writer's temporary file is private (mkstemp: 0600); the result must not be, or a
+    # report served from OUT/ cannot be read by anyone else.
+    from recon.files import write_text
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_text(tmp_path / "report.html", "<html></html>")
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o666 & ~umask
