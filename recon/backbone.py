@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     make.add_argument("--seed", type=int, default=0)
     small = sub.add_parser(
         "train-small",
-        help="train the small stand-in backbone (VAE + vocoder, about 40 minutes on 2 CPU cores) and save it in the hub layout",
+        help="train the small stand-in backbone (VAE + vocoder, about 40 minutes on 2 idle CPU cores) and save it in the hub layout",
         description="Train an AudioLDM2-shaped VAE and HiFi-GAN at reduced widths on the audio under --data "
         "(e.g. made by `python -m recon.corpus --out DIR`) and save them under --out (vae/, vocoder/, recon_backbone.json).",
     )

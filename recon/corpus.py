@@ -2,8 +2,8 @@
 
 ``python -m recon.corpus --out DIR`` writes 16 kHz mono WAVs under ``DIR/speech``, ``DIR/music``
 and ``DIR/effects`` (about 15 minutes of audio, under a minute to make). Everything is synthesised
-from the sentences and recipes below, so the corpus is free of rights and the same on every
-machine with the same espeak-ng and sox. It never contains the sentences or recipes of
+from the sentences and recipes below, so the corpus is free of rights, and the same on every
+machine with the same espeak-ng and sox (sox runs with ``-R``: its noise and dither are seeded). It never contains the sentences or recipes of
 ``examples/audio``, which therefore serve as held-out clips for the small backbone.
 
 Needs the ``espeak-ng`` and ``sox`` programs (Debian/Ubuntu: ``apt-get install espeak-ng sox``).
@@ -92,7 +92,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def _to_16k_mono(src: Path, dst: Path, effects: list[str] = ()) -> None:
-    _run(["sox", str(src), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(dst), *effects, "norm", "-3"])
+    _run(["sox", "-R", str(src), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(dst), *effects, "norm", "-3"])
 
 
 def speech_jobs(rng: random.Random, clips: int) -> list[list[str]]:
@@ -181,7 +181,7 @@ def make_corpus(out: str | Path, speech: int = 160, music: int = 60, effects: in
                 _run([*job[:-1], "-w", str(raw), job[-1]])
                 _to_16k_mono(raw, dst)
             else:
-                _run(["sox", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(raw), *job])
+                _run(["sox", "-R", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(raw), *job])
                 _to_16k_mono(raw, dst)
             written.append(dst)
     return written

@@ -1,0 +1,96 @@
+"""The small stand-in backbone's recipe (`python -m recon.backbone train-small`) and its corpus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from recon.audio import MelFrontEnd
+from recon.backbone import FrozenAudioLDM2, describe_weights, main as backbone_main, make_backbone_folder
+from recon.backbone_training import SmallRecipe, stft_loss, train_small
+from tests.conftest import write_tone
+
+ROOT = Path(__file__).resolve().parents[1]
+FEW_STEPS = SmallRecipe(vae_steps=3, vae_batch=2, vocoder_steps=3, vocoder_batch=2)
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tones")
+    for i, freq in enumerate((220.0, 440.0, 880.0)):
+        write_tone(root / f"tone{i}.wav", 1.5, freq=freq, seed=i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tones, tmp_path_factory) -> Path:
+    return train_small(tones, tmp_path_factory.mktemp("small") / "backbone", FEW_STEPS, "cpu")
+
+
+def test_trained_folder_loads_like_a_hub_snapshot_with_audioldm2_latents(trained):
+    backbone = FrozenAudioLDM2.from_source(str(trained))
+    assert backbone.latent_shape() == (8, 256, 16)
+    assert describe_weights(str(trained)) == "small"
+    record = json.loads((trained / "recon_backbone.json").read_text())
+    assert record["stages"] == ["vae", "vocoder"] and record["recipe"]["vae_steps"] == 3
+    # The scaling factor is computed from the latents, not copied from AudioLDM2.
+    assert backbone.scaling_factor == pytest.approx(record["scaling_factor"]) and backbone.scaling_factor != 0.4110932946205139
+    mel = MelFrontEnd(backbone.spec)(torch.zeros(1, 2 * 16000))
+    assert backbone.decode(backbone.encode(mel).mean).shape == mel.shape
+    assert backbone.vocode(mel, num_samples=2 * 16000).shape == (1, 2 * 16000)
+
+
+def test_continuing_the_vocoder_keeps_the_vae_and_records_the_history(trained, tones, tmp_path):
+    out = tmp_path / "round2"
+    backbone_main(["train-small", "--data", str(tones), "--out", str(out), "--init", str(trained), "--stages", "vocoder",
+                   "--vocoder-steps", "2", "--device", "cpu"])
+    before, after = FrozenAudioLDM2.from_source(str(trained)), FrozenAudioLDM2.from_source(str(out))
+    assert all(torch.equal(a, b) for a, b in zip(before.vae.state_dict().values(), after.vae.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(before.vocoder.state_dict().values(), after.vocoder.state_dict().values()))
+    record = json.loads((out / "recon_backbone.json").read_text())
+    assert record["stages"] == ["vocoder"] and record["history"][0]["stages"] == ["vae", "vocoder"]
+    assert record["scaling_factor"] == json.loads((trained / "recon_backbone.json").read_text())["scaling_factor"]
+
+
+def test_stages_must_be_named(tones, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        backbone_main(["train-small", "--data", str(tones), "--out", str(tmp_path / "x"), "--stages", "unet"])
+    assert exit_info.value.code == 2 and "--stages" in capsys.readouterr().err
+
+
+def test_stft_loss_is_zero_for_identical_signals_and_grows_with_error():
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randn(2, 8000, generator=generator)
+    assert float(stft_loss(clean, clean)) == pytest.approx(0.0, abs=1e-5)
+    assert float(stft_loss(clean + 0.5 * torch.randn(2, 8000, generator=generator), clean)) > float(
+        stft_loss(clean + 0.05 * torch.randn(2, 8000, generator=generator), clean)
+    )
+
+
+def test_describe_weights_names_random_small_and_pretrained(tmp_path):
+    assert describe_weights("random:tiny") == "random"
+    assert describe_weights(str(make_backbone_folder("tiny", tmp_path / "tiny"))) == "random"
+    assert describe_weights(str(ROOT / "checkpoints" / "backbone-small")) == "small"
+    assert describe_weights("cvssp/audioldm2") == "pretrained"
+
+
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")), reason="needs espeak-ng and sox (apt-get install espeak-ng sox)")
+def test_corpus_is_repeatable_16k_mono_and_audible(tmp_path):
+    from recon.corpus import make_corpus
+
+    first = make_corpus(tmp_path / "a", speech=2, music=3, effects=4)
+    second = make_corpus(tmp_path / "b", speech=2, music=3, effects=4)
+    assert [p.relative_to(tmp_path / "a") for p in first] == [p.relative_to(tmp_path / "b") for p in second]
+    assert {p.parent.name for p in first} == {"speech", "music", "effects"}
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name  # seeded choices, seeded sox noise
+        info = sf.info(str(a))
+        assert info.samplerate == 16000 and info.channels == 1 and 1.0 < info.duration < 10.24
+        wav, _ = sf.read(str(a))
+        assert np.sqrt(np.mean(wav**2)) > 0.01, a.name
