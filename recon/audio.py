@@ -42,7 +42,18 @@ LOG_MEL_FLOOR = 1e-5
 
 @dataclass(frozen=True)
 class AudioSpec:
-    """Signal parameters of the AudioLDM2 VAE and vocoder."""
+    """Signal parameters of the AudioLDM2 VAE and vocoder; change them only for another backbone.
+
+    Args:
+        sample_rate: audio rate in Hz (AudioLDM2: 16000).
+        duration: seconds per segment (AudioLDM2: 10.24).
+        n_fft: STFT size.
+        hop_length: STFT hop in samples (10 ms).
+        win_length: STFT window in samples.
+        n_mels: mel bins.
+        fmin: lowest mel frequency in Hz.
+        fmax: highest mel frequency in Hz.
+    """
 
     sample_rate: int = 16000
     duration: float = 10.24

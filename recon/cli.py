@@ -282,22 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Model loading chatter (accelerate hints, weight-loading bars) is not the user's business here."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_output(verbose=args.verbose)
-    if not args.verbose:
-        quiet_libraries()
     try:
         return {"encode": encode, "decode": decode, "info": info}[args.command](args)
     except (ValueError, FileNotFoundError) as err:

@@ -32,6 +32,29 @@ from torch import Tensor, nn
 
 @dataclass
 class CodebookConfig:
+    """The vector quantizer over the VAE latent.
+
+    Args:
+        num_codes: codes per stage (K); a hard code costs log2 K bits per latent vector.
+        dim: code dimension: the latent's channels (8 for AudioLDM2).
+        mode: "hard" (nearest code, straight-through) or "soft" (temperature-weighted codes).
+        commitment_weight: weight of the commitment term in the loss.
+        update: "grad" (the optimiser moves the codes) or "ema" (moving averages of assigned latents).
+        ema_decay: decay of the EMA statistics.
+        ema_eps: Laplace smoothing of the EMA cluster sizes.
+        temperature: soft mode's starting temperature.
+        temperature_min: soft mode's final temperature.
+        temperature_anneal_steps: steps of the exponential temperature anneal (0: constant).
+        kmeans_init: initialise the codes by k-means on real latents before the first step.
+        kmeans_iters: Lloyd iterations of that k-means.
+        dead_code_threshold: re-seed codes unused for this many training steps (0: never).
+        seed: seed of the quantizer's own draws (initialisation, k-means, restarts).
+        chunk_size: rows per block of the distance matrix (bounds memory).
+        kmeans_max_vectors: latent vectors (over all ranks) the k-means uses at most.
+        stages: residual stages (hard mode); each adds log2 K bits per latent vector.
+        quantizer_dropout: probability that a training step uses a random prefix of the stages.
+    """
+
     num_codes: int = 1024
     dim: int = 8
     mode: str = "hard"  # "hard" | "soft"

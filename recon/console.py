@@ -37,6 +37,7 @@ def configure_output(verbose: bool = False) -> None:
     logging.getLogger("recon").setLevel(logging.INFO)  # recon's own progress lines, either way
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    model_loading_chatter(shown=verbose)
     if verbose:
         return
     # W&B's banners and run history; it still says where an offline run is saved.
@@ -46,3 +47,18 @@ def configure_output(verbose: bool = False) -> None:
     # Deprecations between libraries (torch's pytree under Lightning, ...): nothing a user can act on.
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=r"^(?!recon\b)")
+
+
+def model_loading_chatter(shown: bool) -> None:
+    """diffusers' and transformers' loading chatter (accelerate hints, weight-loading bars): their
+    default warning level and bars when ``shown``, errors only otherwise."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        if shown:
+            library.set_verbosity_warning()
+            library.enable_progress_bar()
+        else:
+            library.set_verbosity_error()
+            library.disable_progress_bar()

@@ -25,7 +25,6 @@ import math
 import multiprocessing
 import os
 import queue
-import shutil
 import socket
 import statistics
 import threading
@@ -51,6 +50,7 @@ from . import metrics as M
 from .compile import COMPILE_MODES, compile_networks
 from .audio import AudioLoadError, AudioSpec, length_chunks, load_audio, normalisation_gain, normalise, split_file
 from .data import find_audio_files
+from .outputs import INPUT_FOLDER, RESULT_NAMES, UsageError, check_output, describe_error, remove_previous, write_manifest
 from .precision import fp32_island
 from .variants import Models, Variant, VariantInput, VariantSettings
 
@@ -61,20 +61,10 @@ METRIC_COLUMNS = (*M.WAVEFORM_METRICS, *M.PERCEPTUAL_METRICS, "latent_snr_db")
 # bitrate_bps: the variant's nominal rate; measured_bps: its written file's bytes x 8 / duration.
 ROW_COLUMNS = ("file", "variant", "duration_s", "seconds", *METRIC_COLUMNS, "bitrate_bps", "measured_bps", "notes")
 ERROR_COLUMNS = ("file", "variant", "reason")
-RESULT_NAMES = ("metrics.csv", "summary.json", "errors.csv", "report.html", "report_files/")
-INPUT_FOLDER = "input"
 # Written by global rank 0 at start-up; every rank must see it (a shared output folder).
 RUN_MARKER = ".recon-run"
-# The top-level names of OUT that the last run writes, recorded before it writes any of them:
-# --overwrite removes exactly these, so a user's own files in OUT and stale variants are told apart.
-MANIFEST = ".recon-manifest.json"
-MANIFEST_FORMAT = 1
 T = TypeVar("T")
 _STOP = object()  # ends the writer thread
-
-
-class UsageError(ValueError):
-    """A problem with the command line or the run as a whole (exit status 2), one line."""
 
 
 def output_relpath(relpath: str) -> str:
@@ -180,10 +170,6 @@ class SegmentOutput:
     latent_snr_db: float | None
     notes: list[str]
     codes: Tensor | None  # on the host: bitstreams are packed there
-
-
-def describe_error(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split())[:500]
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -427,93 +413,6 @@ class RunInfo:
     def outputs(self) -> list[str]:
         """Every top-level name of OUT this run writes; folders end in "/"."""
         return [f"{INPUT_FOLDER}/", *(f"{v.name}/" for v in self.variants), *RESULT_NAMES, *self.extra_outputs]
-
-
-# ---------------------------------------------------------------------- what a run owns in OUT
-def _is_plain_name(entry: str) -> bool:
-    name = entry.removesuffix("/")
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
-
-
-def read_manifest(out: Path) -> list[str] | None:
-    """The top-level names the previous run in ``out`` wrote, or None where no run left a record.
-
-    A folder written before recon kept manifests is read from its summary.json (its variants, the
-    input folder, the result files, and wandb/ when that run logged to W&B).
-    """
-    path = out / MANIFEST
-    if path.is_file():
-        try:
-            entries = json.loads(path.read_text())["entries"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"cannot read {path} ({describe_error(err)}); remove it or choose another --output") from err
-        bad = [e for e in entries if not isinstance(e, str) or not _is_plain_name(e)]
-        if bad:
-            # Never follow a damaged record outside OUT.
-            raise UsageError(f"{path} names {bad}, which are not names inside {out}; remove it or choose another --output")
-        return entries
-    summary = out / "summary.json"
-    if not summary.is_file():
-        return None
-    try:
-        data = json.loads(summary.read_text())
-        variants = list(data["variants"])
-        wandb = (data.get("run") or {}).get("wandb", "off") != "off"
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"{out} holds a summary.json recon cannot read ({describe_error(err)}); choose another --output") from err
-    return [f"{INPUT_FOLDER}/", *(f"{v}/" for v in variants if _is_plain_name(v)), *RESULT_NAMES, *(["wandb/"] if wandb else [])]
-
-
-def _occupied(path: Path) -> bool:
-    """Holds something to lose: a file, a link, or a folder that is not empty."""
-    return path.is_symlink() or path.is_file() or (path.is_dir() and any(path.iterdir()))
-
-
-def check_output(out: Path, overwrite: bool, outputs: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Refuse an output folder that already holds results, unless ``overwrite``; returns the previous
-    run's entries that exist, which an overwriting run removes (:func:`remove_previous`).
-
-    Under any setting, ``outputs`` (this run's top-level names) must not name something in ``out``
-    that no recorded run wrote: recon would mix its files into it and a later ``--overwrite`` would
-    remove it.
-    """
-    if not out.is_dir():
-        return []
-    previous = read_manifest(out)
-    if previous is None:
-        # No record: anything that looks like results (an interrupted run's wav folders) stops it.
-        stale = []
-        existing = [name for name in RESULT_NAMES if (out / name).exists()]
-        existing += [p.name + "/" for p in out.iterdir() if p.is_dir() and any(p.rglob("*.wav"))]
-    else:
-        stale = [e for e in previous if (out / e.removesuffix("/")).exists() or (out / e.removesuffix("/")).is_symlink()]
-        existing = stale
-    if existing and not overwrite:
-        raise UsageError(f"{out} already holds results ({', '.join(sorted(existing))}); pass --overwrite or choose another --output")
-    foreign = [e for e in outputs if e not in (previous or []) and _occupied(out / e.removesuffix("/"))]
-    if foreign:
-        raise UsageError(
-            f"{out} holds {', '.join(foreign)}, which no recorded recon run wrote there ({MANIFEST}); "
-            "move it away or choose another --output (--overwrite removes only what recon wrote)"
-        )
-    return stale
-
-
-def remove_previous(out: Path, entries: list[str]) -> None:
-    """Delete the previous run's entries (names checked by :func:`read_manifest`); nothing else in ``out``."""
-    for entry in entries:
-        path = out / entry.removesuffix("/")
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    if entries:
-        log.info("--overwrite: removed the previous run's %s from %s", ", ".join(entries), out)
-
-
-def write_manifest(out: Path, outputs: list[str]) -> None:
-    text = json.dumps({"format": MANIFEST_FORMAT, "written_by": "recon", "entries": outputs}, indent=2)
-    files.write_text(out / MANIFEST, text + "\n")
 
 
 def gather_to_all(obj):

@@ -131,7 +131,7 @@ def test_codebook_ddp_leaves_a_model_without_gradients_unwrapped_on_cuda(monkeyp
 def test_a_usage_error_in_a_spawned_process_is_one_line_and_exit_status_2():
     from torch.multiprocessing import ProcessRaisedException
 
-    trace = "Traceback (most recent call last):\n  File ...\nrecon.runner.UsageError: the output folder /x is not shared by all ranks"
+    trace = "Traceback (most recent call last):\n  File ...\nrecon.outputs.UsageError: the output folder /x is not shared by all ranks"
     assert infer.spawned_usage_error(ProcessRaisedException(trace, 1, 1234)) == "the output folder /x is not shared by all ranks"
     assert infer.spawned_usage_error(ProcessRaisedException("Traceback ...\nRuntimeError: boom", 1, 1234)) is None
     assert infer.spawned_usage_error(ValueError("x")) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -244,8 +245,28 @@ def test_infer_is_quiet_by_default_and_verbose_brings_lightning_back(tmp_path, m
     assert "GPU available" in verbose.text
 
 
+def test_model_loading_chatter_is_hidden_unless_verbose():
+    # diffusers and transformers log through handlers bound at import time, so this checks their
+    # settings: errors only and no weight-loading bars by default, their own defaults with --verbose.
+    import diffusers
+    import transformers
+
+    from recon.console import configure_output
+
+    libraries = (diffusers.utils.logging, transformers.utils.logging)
+    try:
+        configure_output(verbose=False)
+        assert [lib.get_verbosity() for lib in libraries] == [logging.ERROR] * 2
+        assert not any(lib.is_progress_bar_enabled() for lib in libraries)
+        configure_output(verbose=True)
+        assert [lib.get_verbosity() for lib in libraries] == [logging.WARNING] * 2
+        assert all(lib.is_progress_bar_enabled() for lib in libraries)
+    finally:
+        configure_output(verbose=False)
+
+
 def read_manifest(out: Path) -> list[str]:
-    from recon.runner import MANIFEST
+    from recon.outputs import MANIFEST
 
     return json.loads((out / MANIFEST).read_text())["entries"]
 

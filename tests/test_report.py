@@ -33,7 +33,7 @@ from recon.report import (
     wav_bytes,
     write_html_report,
 )
-from recon.runner import RESULT_NAMES
+from recon.outputs import RESULT_NAMES
 
 SR = 16000
 FILES = ["a.wav", "sub/b.wav", "sub/deeper/c.flac"]  # metrics.csv "file" column (original names)

@@ -188,7 +188,7 @@ def test_perceptual_scores_land_in_their_row(tmp_path, caplog, workers):
 def test_overwrite_follows_the_manifest_and_never_leaves_the_output_folder(tmp_path):
     import json
 
-    from recon.runner import MANIFEST, UsageError, check_output, remove_previous
+    from recon.outputs import MANIFEST, UsageError, check_output, remove_previous
 
     out, outside = tmp_path / "out", tmp_path / "precious"
     outside.mkdir()
@@ -220,7 +220,7 @@ def test_overwrite_follows_the_manifest_and_never_leaves_the_output_folder(tmp_p
 def test_a_folder_written_before_manifests_is_read_from_its_summary(tmp_path):
     import json
 
-    from recon.runner import RESULT_NAMES, check_output
+    from recon.outputs import RESULT_NAMES, check_output
 
     out = tmp_path / "out"
     for folder in ("input", "vae_mode", "griffinlim", "wandb", "my_clips"):
