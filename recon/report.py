@@ -1,6 +1,7 @@
-"""Human-readable reports of a variant run: an HTML page (``OUT/report.html``) and a W&B table.
+"""The human-readable report of a variant run: an HTML page (``OUT/report.html``).
 
-Both read the output folder that the variant runner writes::
+It reads the output folder that the variant runner writes (as :mod:`recon.wandb_table` does for
+the same results as a W&B table)::
 
     OUT/input/<rel>.wav          the reference as the model sees it (16 kHz mono)
     OUT/<variant>/<rel>.wav      one per variant, same relative path
@@ -171,7 +172,7 @@ def read_errors(out_dir: str | Path) -> list[dict]:
         return [{k: (v or "") for k, v in row.items() if k is not None} for row in csv.DictReader(fh)]
 
 
-def _ordered_unique(items: Iterable[str]) -> list[str]:
+def ordered_unique(items: Iterable[str]) -> list[str]:
     seen: dict[str, None] = {}
     for item in items:
         seen.setdefault(item, None)
@@ -180,12 +181,12 @@ def _ordered_unique(items: Iterable[str]) -> list[str]:
 
 def _variants(summary: dict, rows: list[dict]) -> list[str]:
     """Variant names: summary.json order first, then any only seen in metrics.csv."""
-    return [v for v in _ordered_unique([*summary.get("variants", {}), *(r["variant"] for r in rows)]) if v != INPUT_NAME]
+    return [v for v in ordered_unique([*summary.get("variants", {}), *(r["variant"] for r in rows)]) if v != INPUT_NAME]
 
 
-def _files(out_dir: Path, rows: list[dict]) -> list[str]:
+def listed_files(out_dir: Path, rows: list[dict]) -> list[str]:
     """File names in metrics.csv order; falls back to the wavs under OUT/input if there are no rows."""
-    files = _ordered_unique(r["file"] for r in rows if r.get("file"))
+    files = ordered_unique(r["file"] for r in rows if r.get("file"))
     if not files and (out_dir / INPUT_NAME).is_dir():
         files = sorted(p.relative_to(out_dir / INPUT_NAME).as_posix() for p in (out_dir / INPUT_NAME).rglob("*.wav"))
     return files
@@ -196,7 +197,7 @@ def wav_path(out_dir: str | Path, variant: str, file: str) -> Path:
     return Path(out_dir) / variant / Path(file).with_suffix(".wav")
 
 
-def _sort_metrics(names: Iterable[str]) -> list[str]:
+def sort_metrics(names: Iterable[str]) -> list[str]:
     names = list(names)
     known = [m for m in METRIC_ORDER if m in names]
     return known + [m for m in names if m not in known]
@@ -270,7 +271,7 @@ def _data_uri(mime: str, payload: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
-def _load(path: Path, spec: AudioSpec) -> np.ndarray | None:
+def load_wav(path: Path, spec: AudioSpec) -> np.ndarray | None:
     """16 kHz mono float32 of a written wav, or None when it is missing or unreadable."""
     try:
         return load_audio(path, spec).numpy()
@@ -409,8 +410,8 @@ def _undefined_reasons(out_dir: Path, rows: list[dict], spec: AudioSpec) -> dict
         if not names:
             continue
         if file not in references:
-            references[file] = _load(wav_path(out_dir, INPUT_NAME, file), spec)
-        ref, est = references[file], _load(wav_path(out_dir, variant, file), spec)
+            references[file] = load_wav(wav_path(out_dir, INPUT_NAME, file), spec)
+        ref, est = references[file], load_wav(wav_path(out_dir, variant, file), spec)
         for name in names:
             reason = None
             if ref is not None and est is not None and ref.size == est.size:
@@ -660,7 +661,7 @@ def _settings(summary: dict) -> str:
 def _errors(errors: list[dict]) -> str:
     if not errors:
         return ""
-    cols = _ordered_unique(k for row in errors for k in row)
+    cols = ordered_unique(k for row in errors for k in row)
     out = [f'<h2 id="errors">Errors ({len(errors)})</h2><p class=small>From errors.csv; an empty variant means the whole input failed.</p>']
     out.append("<div class=errors><table><thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead><tbody>")
     for row in errors:
@@ -697,7 +698,7 @@ def _media_cards(out_dir: Path, file: str, variants: list[str], summary: dict, m
         path = wav_path(out_dir, v, file)
         cls = "ref" if v == INPUT_NAME else ("" if _is_reconstruction(summary, v) else "nr")
         out.append(f'<div class="card {cls}"><div class=name>{_e(v)}</div>')
-        wav = _load(path, spec)
+        wav = load_wav(path, spec)
         if wav is None:
             out.append(f'<div class="missing">missing or unreadable: {_e(path.relative_to(out_dir).as_posix())}</div></div>')
             continue
@@ -738,10 +739,10 @@ def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = Audio
     summary = read_summary(out_dir)
     errors = read_errors(out_dir)
     variants = _variants(summary, rows)
-    files = _files(out_dir, rows)
+    files = listed_files(out_dir, rows)
     csv_metrics = metric_columns(out_dir)
-    summary_metrics = _ordered_unique(m for d in summary["variants"].values() for m in (d.get("mean") or {}))
-    metrics = [m for m in _sort_metrics(_ordered_unique([*csv_metrics, *summary_metrics])) if m not in RATE_COLUMNS]
+    summary_metrics = ordered_unique(m for d in summary["variants"].values() for m in (d.get("mean") or {}))
+    metrics = [m for m in sort_metrics(ordered_unique([*csv_metrics, *summary_metrics])) if m not in RATE_COLUMNS]
     by_key = {(r["file"], r["variant"]): r for r in rows}
     reasons = _undefined_reasons(out_dir, rows, spec)
     media = _Media(out_dir, embed, spec)
@@ -800,99 +801,11 @@ def write_html_report(out_dir: str | Path, max_files: int = 12, embed: bool = Fa
     return path
 
 
-# --------------------------------------------------------------------------------------------------
-# Weights & Biases
-
-
-def log_to_wandb(
-    out_dir: str | Path,
-    mode: str = "offline",
-    project: str = "recon",
-    run_name: str | None = None,
-    max_files: int = 12,
-    config: dict | None = None,
-) -> str | None:
-    """Log the run's results to W&B; returns the run directory, or None for ``mode="off"``.
-
-    One ``run.log`` call (step 0) with two tables: ``reconstructions`` (columns file, variant,
-    every metric column of metrics.csv, ``input_audio``, ``output_audio``, ``spectrogram`` - media
-    only for the first ``max_files`` files, None beyond) and ``summary`` (variant, description,
-    is_reconstruction, bitrate_label, files, seconds_per_clip, real_time_factor, ``mean/<metric>``).
-    The means also go to ``run.summary`` as ``<variant>/<metric>``. ``config`` defaults to the
-    ``run`` settings of summary.json. The run is finished before returning.
-
-    Offline runs write under ``out_dir/wandb/offline-run-*``; W&B stages table media under
-    ``WANDB_DATA_DIR`` (default ``~/.local/share/wandb``), which must still exist at ``wandb sync``.
-    """
-    if mode not in ("off", "offline", "online"):
-        raise ValueError(f"mode must be 'off', 'offline' or 'online', got {mode!r}")
-    if mode == "off":
-        return None
-    import wandb  # imported lazily: the HTML report does not need it
-
-    out_dir = Path(out_dir)
-    spec = AudioSpec()
-    rows = read_metrics(out_dir)
-    summary = read_summary(out_dir)
-    metrics = metric_columns(out_dir)
-    files = _files(out_dir, rows)
-    media_files = set(files[: max(0, max_files)])
-    cfg = dict(summary.get("run") or {}) if config is None else dict(config)
-
-    # create_new: never hand back (and then finish) a run the caller already has open, e.g. training's.
-    run = wandb.init(project=project, mode=mode, dir=str(out_dir), name=run_name, config=cfg, reinit="create_new")
-    try:
-        run_dir = str(run.settings.sync_dir) if getattr(run.settings, "sync_dir", None) else str(Path(run.dir).parent)
-        table = wandb.Table(columns=["file", "variant", *metrics, "input_audio", "output_audio", "spectrogram"])
-        inputs: dict[str, Any] = {}
-        for r in rows:
-            file, variant = r["file"], r["variant"]
-            in_audio = out_audio = image = None
-            if file in media_files:
-                if file not in inputs:
-                    ref = _load(wav_path(out_dir, INPUT_NAME, file), spec)
-                    inputs[file] = None if ref is None else wandb.Audio(ref, sample_rate=spec.sample_rate, caption=f"{file} input")
-                in_audio = inputs[file]
-                est = _load(wav_path(out_dir, variant, file), spec)
-                if est is not None:
-                    out_audio = wandb.Audio(est, sample_rate=spec.sample_rate, caption=f"{file} {variant}")
-                    image = wandb.Image(Image.open(io.BytesIO(spectrogram_png(est, spec))), caption=f"{file} {variant}")
-            values = [r.get(m) if not isinstance(r.get(m), str) else None for m in metrics]
-            table.add_data(file, variant, *values, in_audio, out_audio, image)
-
-        info = summary.get("variants", {})
-        mean_metrics = _sort_metrics(_ordered_unique(m for d in info.values() for m in (d.get("mean") or {})))
-        sum_cols = ["variant", "description", "is_reconstruction", "bitrate_label", "files", "seconds_per_clip", "real_time_factor"]
-        sum_table = wandb.Table(columns=[*sum_cols, *(f"mean/{m}" for m in mean_metrics)])
-        for v, d in info.items():
-            mean = d.get("mean") or {}
-            sum_table.add_data(
-                v,
-                d.get("description"),
-                d.get("is_reconstruction"),
-                d.get("bitrate_label"),
-                d.get("files"),
-                d.get("seconds_per_clip"),
-                d.get("real_time_factor"),
-                *(mean.get(m) for m in mean_metrics),
-            )
-            for m, value in mean.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    run.summary[f"{v}/{m}"] = value
-        run.log({"reconstructions": table, "summary": sum_table})
-    except BaseException:
-        run.finish(exit_code=1)
-        raise
-    run.finish()
-    return run_dir
-
-
 __all__ = [
     "COLOUR_LUT",
     "SPEC_VMAX",
     "SPEC_VMIN",
     "build_html",
-    "log_to_wandb",
     "metric_columns",
     "read_errors",
     "read_metrics",

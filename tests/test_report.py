@@ -21,11 +21,11 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from recon.outputs import RESULT_NAMES
 from recon.report import (
     MEDIA_DIR,
     SPEC_HEIGHT,
     SPEC_MAX_WIDTH,
-    log_to_wandb,
     read_errors,
     read_metrics,
     read_summary,
@@ -33,7 +33,7 @@ from recon.report import (
     wav_bytes,
     write_html_report,
 )
-from recon.outputs import RESULT_NAMES
+from recon.wandb_table import log_to_wandb
 
 SR = 16000
 FILES = ["a.wav", "sub/b.wav", "sub/deeper/c.flac"]  # metrics.csv "file" column (original names)
