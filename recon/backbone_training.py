@@ -20,6 +20,7 @@ The recipe is device-agnostic (``--device cuda`` runs it unchanged).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import time
@@ -31,9 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .audio import AudioSpec, MelFrontEnd, load_audio, normalise
+from .audio import LOG_MEL_FLOOR, AudioSpec, MelFrontEnd, load_audio, normalise
 from .backbone import build_random, load_components
 from .data import find_audio_files
+from .metrics import multi_resolution_stft_distance
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,17 +58,34 @@ class SmallRecipe:
     seed: int = 0
 
 
-# (n_fft, hop, window) of the multi-resolution STFT loss: 64 ms down to 16 ms windows.
-STFT_RESOLUTIONS = ((1024, 256, 1024), (512, 128, 512), (256, 64, 256), (128, 32, 128))
+MIN_FRAMES = 64  # shortest clip that trains, in log-mel frames
+# FFT sizes and hops of the multi-resolution STFT loss (Hann window = FFT size): 64 ms down to 8 ms.
+STFT_FFT_SIZES = (1024, 512, 256, 128)
+STFT_HOP_SIZES = (256, 128, 64, 32)
+# Magnitude floor of that loss, squared: 1e-7, below any bin a 16-bit signal reaches.
+STFT_EPS = 1e-14
 
 
 def load_clips(root: str | Path, spec: AudioSpec) -> list[Tensor]:
-    """Every file under ``root``, mono 16 kHz, normalised as the front-end does (peak 0.5)."""
+    """Every file under ``root``, mono 16 kHz, normalised as the front-end does (peak 0.5).
+
+    Files shorter than 64 frames (0.64 s) are left out, each named in the log: a crop of either
+    stage needs that much audio.
+    """
     files = find_audio_files(root)
     if not files:
         raise FileNotFoundError(f"no audio files under {root}")
-    clips = [normalise(load_audio(path, spec)) for path in files]
-    return [clip for clip in clips if clip.numel() >= spec.hop_length * 64]
+    clips = []
+    for path in files:
+        clip = normalise(load_audio(path, spec))
+        if clip.numel() < spec.hop_length * MIN_FRAMES:
+            log.warning("%s: %.2f s is shorter than the %.2f s a training crop needs; left out", path, clip.numel() / spec.sample_rate,
+                        spec.hop_length * MIN_FRAMES / spec.sample_rate)
+            continue
+        clips.append(clip)
+    if not clips:
+        raise ValueError(f"every audio file under {root} is shorter than {spec.hop_length * MIN_FRAMES / spec.sample_rate:.2f} s")
+    return clips
 
 
 class CropSampler:
@@ -88,7 +109,7 @@ class CropSampler:
             mel = self.mels[i]
             if mel.shape[0] < frames:  # short clip: pad with the log floor / silence, as inference pads tails
                 pad = frames - mel.shape[0]
-                mel = torch.cat([mel, mel.new_full((pad, mel.shape[1]), math.log(1e-5))])
+                mel = torch.cat([mel, mel.new_full((pad, mel.shape[1]), math.log(LOG_MEL_FLOOR))])
             start = int(torch.randint(0, mel.shape[0] - frames + 1, (1,), generator=self.generator))
             wav = F.pad(self.wavs[i], (0, frames * self.hop))[start * self.hop : (start + frames) * self.hop]
             wavs.append(wav)
@@ -97,15 +118,16 @@ class CropSampler:
 
 
 def stft_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Spectral convergence + log-magnitude L1, averaged over :data:`STFT_RESOLUTIONS`."""
-    total = pred.new_zeros(())
-    for n_fft, hop, win in STFT_RESOLUTIONS:
-        window = torch.hann_window(win, device=pred.device)
-        p = torch.stft(pred, n_fft, hop, win, window, return_complex=True).abs().clamp_min(1e-7)
-        t = torch.stft(target, n_fft, hop, win, window, return_complex=True).abs().clamp_min(1e-7)
-        convergence = torch.linalg.norm(t - p, dim=(-2, -1)) / torch.linalg.norm(t, dim=(-2, -1)).clamp_min(1e-7)
-        total = total + convergence.mean() + F.l1_loss(p.log(), t.log())
-    return total / len(STFT_RESOLUTIONS)
+    """Spectral convergence + log-magnitude L1 at four resolutions: the ``mr_stft`` metric as a loss."""
+    return multi_resolution_stft_distance(target, pred, fft_sizes=STFT_FFT_SIZES, hop_sizes=STFT_HOP_SIZES, eps=STFT_EPS).mean()
+
+
+def _step(loss: Tensor, optimiser: torch.optim.Optimizer, schedule, parameters, max_norm: float) -> None:
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    optimiser.step()
+    schedule.step()
 
 
 def _progress(steps: int, desc: str):
@@ -125,12 +147,7 @@ def train_vae(vae, sampler: CropSampler, recipe: SmallRecipe, device: torch.devi
         recon = vae.decode(posterior.sample(generator=None)).sample
         l1 = F.l1_loss(recon, mel)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = l1 + recipe.kl_weight * kl
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
+        _step(l1 + recipe.kl_weight * kl, optimiser, schedule, vae.parameters(), max_norm=1.0)
         losses.append(l1.item())
         bar.set_postfix(l1=f"{l1.item():.4f}", kl=f"{kl.item():.3f}")
     return losses
@@ -157,12 +174,7 @@ def train_vocoder(vocoder, sampler: CropSampler, front_end: MelFrontEnd, recipe:
         pred = vocoder(mel[:, 0])[..., : wav.shape[-1]]
         spectral = stft_loss(pred, wav)
         mel_l1 = F.l1_loss(front_end(pred), front_end(wav))
-        loss = spectral + recipe.mel_weight * mel_l1
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vocoder.parameters(), 10.0)
-        optimiser.step()
-        schedule.step()
+        _step(spectral + recipe.mel_weight * mel_l1, optimiser, schedule, vocoder.parameters(), max_norm=10.0)
         losses.append(mel_l1.item())
         bar.set_postfix(stft=f"{spectral.item():.4f}", mel=f"{mel_l1.item():.4f}")
     return losses

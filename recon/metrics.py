@@ -202,11 +202,12 @@ def multi_resolution_stft_distance(
     *,
     fft_sizes: Sequence[int] = MR_STFT_FFT_SIZES,
     hop_sizes: Sequence[int] = MR_STFT_HOP_SIZES,
+    eps: float = MR_STFT_EPS,
 ) -> Tensor:
     """Multi-resolution STFT distance (auraloss ``MultiResolutionSTFTLoss`` terms), per item.
 
     For each resolution ``r`` (FFT sizes ``[512, 1024, 2048]``, hops ``[128, 256, 512]``, Hann
-    window = FFT size), ``Y = sqrt(max(|STFT(ref)|^2, 1e-8))``, ``X`` likewise for the estimate::
+    window = FFT size), ``Y = sqrt(max(|STFT(ref)|^2, eps))`` (``eps`` 1e-8), ``X`` likewise for the estimate::
 
         sc_r  = ||Y - X||_F / ||Y||_F                  (spectral convergence)
         mag_r = mean_{freq, frames} |ln Y - ln X|       (log-magnitude L1, natural log)
@@ -219,8 +220,8 @@ def multi_resolution_stft_distance(
         raise ValueError("fft_sizes and hop_sizes must have the same length")
     total = torch.zeros(reference.shape[0], device=reference.device)
     for n_fft, hop in zip(fft_sizes, hop_sizes):
-        y = _stft_mag(reference, int(n_fft), int(hop)).pow(2).clamp(min=MR_STFT_EPS).sqrt()
-        x = _stft_mag(estimate, int(n_fft), int(hop)).pow(2).clamp(min=MR_STFT_EPS).sqrt()
+        y = _stft_mag(reference, int(n_fft), int(hop)).pow(2).clamp(min=eps).sqrt()
+        x = _stft_mag(estimate, int(n_fft), int(hop)).pow(2).clamp(min=eps).sqrt()
         sc = torch.linalg.vector_norm((y - x).flatten(1), dim=1) / torch.linalg.vector_norm(y.flatten(1), dim=1)
         mag = (y.log() - x.log()).abs().mean(dim=(1, 2))
         total = total + sc + mag

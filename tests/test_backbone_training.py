@@ -94,3 +94,19 @@ def test_corpus_is_repeatable_16k_mono_and_audible(tmp_path):
         assert info.samplerate == 16000 and info.channels == 1 and 1.0 < info.duration < 10.24
         wav, _ = sf.read(str(a))
         assert np.sqrt(np.mean(wav**2)) > 0.01, a.name
+
+
+def test_clips_too_short_to_crop_are_named_and_left_out(tones, tmp_path, caplog):
+    from recon.audio import AudioSpec
+    from recon.backbone_training import load_clips
+
+    data = tmp_path / "data"
+    shutil.copytree(tones, data)
+    write_tone(data / "blip.wav", 0.3)
+    with caplog.at_level("WARNING", logger="recon.backbone_training"):
+        clips = load_clips(data, AudioSpec())
+    assert len(clips) == 3 and "blip.wav" in caplog.text
+    only_short = tmp_path / "short"
+    write_tone(only_short / "blip.wav", 0.3)
+    with pytest.raises(ValueError, match="shorter than"):
+        load_clips(only_short, AudioSpec())
