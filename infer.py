@@ -35,8 +35,11 @@ from recon.lit import load_inference_codebook  # noqa: E402
 from recon.outputs import UsageError, check_output  # noqa: E402
 from recon.precision import SUPPORTED_PRECISIONS, UnsupportedPrecision, check_precision  # noqa: E402
 from recon.report import write_html_report  # noqa: E402
-from recon.runner import InferenceFiles, ResultWriter, RunInfo, VariantRunner, collate_files  # noqa: E402
+from recon.inputs import InferenceFiles, collate_files  # noqa: E402
+from recon.predict import VariantRunner  # noqa: E402
+from recon.records import RunInfo  # noqa: E402
 from recon.variants import VARIANTS, Models, VariantSettings, resolve, sweep  # noqa: E402
+from recon.writer import ResultWriter  # noqa: E402
 from recon.wandb_table import log_to_wandb  # noqa: E402
 
 log = logging.getLogger("recon.infer")

@@ -37,8 +37,11 @@ from recon.backbone import FrozenAudioLDM2  # noqa: E402
 from recon.codebook import CodebookConfig, VectorQuantizer  # noqa: E402
 from recon.compile import COMPILE_MODES  # noqa: E402
 from recon.precision import check_precision  # noqa: E402
-from recon.runner import ResultWriter, RunInfo, VariantRunner, collate_files  # noqa: E402
+from recon.inputs import collate_files  # noqa: E402
+from recon.predict import VariantRunner  # noqa: E402
+from recon.records import RunInfo  # noqa: E402
 from recon.variants import Models, VariantSettings, resolve  # noqa: E402
+from recon.writer import ResultWriter  # noqa: E402
 
 
 class SyntheticClips(Dataset):

@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,8 +23,22 @@ from tqdm.auto import tqdm
 
 from .audio import MelFrontEnd
 from .backbone import FrozenAudioLDM2
-from .data import AudioFolder
+from .codec import tensors_fingerprint
 from .files import write_npy
+from .windows import encode_windows
+
+
+class SegmentDataset(Protocol):
+    """What the cache needs of a dataset of segments (a :class:`recon.data.AudioFolder`): each
+    item's file and segment number in ``segments[i].path`` / ``.index``, and items
+    ``{"wav": [samples], "index": i}``."""
+
+    segments: list
+    root: Path | None
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict: ...
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -36,12 +51,9 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
 
 def backbone_fingerprint(backbone: FrozenAudioLDM2) -> str:
     """Hash of the encoder's weights, its architecture and the front-end spec: what a latent depends on."""
-    h = hashlib.sha1(json.dumps({"signature": backbone.signature(), "spec": asdict(backbone.spec)}, sort_keys=True).encode())
-    for name, tensor in backbone.vae.state_dict().items():
-        if name.startswith(("encoder.", "quant_conv.")):
-            h.update(name.encode())
-            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    encoder = tensors_fingerprint((k, v) for k, v in backbone.vae.state_dict().items() if k.startswith(("encoder.", "quant_conv.")))
+    described = {"signature": backbone.signature(), "spec": asdict(backbone.spec), "encoder": encoder}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class LatentCache:
@@ -49,19 +61,19 @@ class LatentCache:
         self.dir = Path(root) / fingerprint
         self._digests: dict[Path, str] = {}
 
-    def entry(self, dataset: AudioFolder, index: int) -> Path:
+    def entry(self, dataset: SegmentDataset, index: int) -> Path:
         seg = dataset.segments[index]
         if seg.path not in self._digests:
             self._digests[seg.path] = file_digest(seg.path)
         return self.dir / f"{self._digests[seg.path]}_{seg.index}.npy"
 
-    def missing(self, dataset: AudioFolder, indices: list[int] | None = None) -> list[int]:
+    def missing(self, dataset: SegmentDataset, indices: list[int] | None = None) -> list[int]:
         indices = range(len(dataset)) if indices is None else indices
         return [i for i in indices if not self.entry(dataset, i).is_file()]
 
     @torch.no_grad()
     def build(
-        self, dataset: AudioFolder, backbone: FrozenAudioLDM2, batch_size: int = 4, progress: bool = True, shard: tuple[int, int] = (0, 1)
+        self, dataset: SegmentDataset, backbone: FrozenAudioLDM2, batch_size: int = 4, progress: bool = True, shard: tuple[int, int] = (0, 1)
     ) -> int:
         """Encode the segments not yet cached of this rank's share; returns how many.
 
@@ -78,7 +90,7 @@ class LatentCache:
         frontend = MelFrontEnd(backbone.spec).to(device)
         loader = DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=batch_size)
         for batch in tqdm(loader, desc="caching latents", unit="batch", disable=not progress):
-            posterior = backbone.encode(frontend(batch["wav"].to(device)))
+            _, posterior = encode_windows(frontend, backbone, batch["wav"].to(device))
             stacked = torch.stack([posterior.mean, posterior.std], dim=1).float().cpu().numpy()
             for index, array in zip(batch["index"].tolist(), stacked):
                 write_npy(self.entry(dataset, index), array)
@@ -86,9 +98,9 @@ class LatentCache:
 
 
 class LatentDataset(Dataset):
-    """Cached posteriors of an :class:`AudioFolder`: items ``{"mean", "std", "index"}``, memory-mapped."""
+    """Cached posteriors of a :class:`SegmentDataset`: items ``{"mean", "std", "index"}``, memory-mapped."""
 
-    def __init__(self, dataset: AudioFolder, cache: LatentCache):
+    def __init__(self, dataset: SegmentDataset, cache: LatentCache):
         missing = cache.missing(dataset)
         if missing:
             raise FileNotFoundError(f"{len(missing)} segments of {dataset.root} are not in the latent cache {cache.dir}; build it first")

@@ -22,9 +22,11 @@ from tqdm import tqdm
 
 from . import files
 from .console import configure_output
-from .audio import MelFrontEnd, length_chunks, split_file
+from .audio import MelFrontEnd
 from .codec import codebook_container, ddcm_container, decode_container
 from .container import SUFFIX, ContainerError, dumps, loads
+from .inputs import find_files
+from .windows import Windows
 
 log = logging.getLogger("recon.cli")
 
@@ -73,7 +75,7 @@ def _report(failures: list[str], done: int, what: str, out: Path) -> int:
 
 # ---------------------------------------------------------------------- encode
 def encode(args) -> int:
-    from .runner import InferenceFiles, output_relpath
+    from .inputs import InferenceFiles, output_relpath
 
     backbone, quantizer, diffusion, device = _load(args)
     if args.codec == "ddcm":
@@ -128,18 +130,12 @@ def encode(args) -> int:
 def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size: int, code) -> list[tuple[list, list[int]]]:
     """Per file: (per-segment codes, segment lengths). Segments of all files are batched by length
     (as infer.py batches them); ``code(posterior_mean)`` gives one code tensor per segment."""
-    segments = [split_file(item["wav"], backbone.spec) for item in items]
-    flat = [s for seg in segments for s in seg]
-    codes: list = [None] * len(flat)
-    for chunk in length_chunks([s.shape[-1] for s in flat], batch_size):
-        wav = torch.stack([flat[i] for i in chunk]).to(device)
-        for i, code_i in zip(chunk, code(backbone.encode(frontend(wav)).mean.float())):
+    windows = Windows([item["wav"] for item in items], backbone.spec)
+    codes: list = [None] * len(windows)
+    for chunk, _, posterior in windows.encoded(frontend, backbone, batch_size, device):
+        for i, code_i in zip(chunk, code(posterior.mean.float())):
             codes[i] = code_i.cpu()
-    out, first = [], 0
-    for seg in segments:
-        out.append((codes[first : first + len(seg)], [s.shape[-1] for s in seg]))
-        first += len(seg)
-    return out
+    return [([codes[s] for s in windows.of_file(f)], windows.lengths(windows.of_file(f))) for f in range(len(items))]
 
 
 @torch.no_grad()
@@ -174,15 +170,7 @@ def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batc
 
 # ---------------------------------------------------------------------- decode
 def _recn_files(inputs: list[str]) -> list[tuple[Path, str]]:
-    found = []
-    for entry in map(Path, inputs):
-        if entry.is_dir():
-            found += [(p, p.relative_to(entry).as_posix()) for p in sorted(entry.rglob(f"*{SUFFIX}"))]
-        elif entry.is_file():
-            found.append((entry, entry.name))
-        else:
-            raise FileNotFoundError(f"no such file or folder: {entry}")
-    return found
+    return find_files(inputs, extensions=(SUFFIX,))
 
 
 def decode(args) -> int:

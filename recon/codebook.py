@@ -29,6 +29,10 @@ import torch.nn.functional as F
 from einops import pack, rearrange, unpack
 from torch import Tensor, nn
 
+from .distributed import is_distributed as _distributed
+from .distributed import rank as _rank
+from .distributed import world_size as _world
+
 
 @dataclass
 class CodebookConfig:
@@ -94,18 +98,6 @@ class QuantizerOutput:
     @property
     def loss(self) -> Tensor:
         return self.codebook_loss + self.commitment_weight * self.commitment_loss
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
-
-
-def _world() -> int:
-    return dist.get_world_size() if _distributed() else 1
 
 
 def _all_reduce_(t: Tensor) -> Tensor:

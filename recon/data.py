@@ -11,25 +11,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .audio import AudioLoadError, AudioSpec, audio_duration, load_waveform
+from . import distributed
+from .cache import LatentCache, LatentDataset, backbone_fingerprint
+from .inputs import AUDIO_EXTENSIONS, find_audio_files
 
 log = logging.getLogger(__name__)
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".m4a")
-
-
-def find_audio_files(root: str | Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Audio files under ``root`` (recursive), or ``[root]`` for a single file, in a deterministic order."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"no such file or folder: {root}")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-
 
 @dataclass(frozen=True)
 class Segment:
@@ -146,9 +135,7 @@ class ResumableSampler(Sampler[int]):
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        return distributed.rank(), distributed.world_size()
 
     def _place(self, batches: int) -> None:
         full_pass = math.ceil(len(self) / self.batch_size)
@@ -242,8 +229,6 @@ class AudioDataModule(L.LightningDataModule):
 
     def attach_latent_cache(self, backbone) -> None:
         """Encode every segment not yet cached (each DDP rank its share), then serve latents from the cache."""
-        from .cache import LatentCache, LatentDataset, backbone_fingerprint
-
         self.setup("fit")
         cache = LatentCache(self.cache_dir, backbone_fingerprint(backbone))
         trainer = self.trainer

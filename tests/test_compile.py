@@ -13,7 +13,8 @@ import torch
 import infer
 from recon.audio import MelFrontEnd
 from recon.compile import compile_networks, networks
-from recon.runner import InferenceFiles, VariantRunner, collate_files
+from recon.inputs import InferenceFiles, collate_files
+from recon.predict import VariantRunner
 from recon.variants import VARIANTS, Models, VariantSettings
 from tests.conftest import write_tone
 

@@ -16,8 +16,11 @@ from recon.audio import MelFrontEnd
 from recon.cache import LatentCache, backbone_fingerprint
 from recon.data import AudioDataModule, AudioFolder
 from recon.lit import CodebookDDPStrategy
-from recon.runner import RUN_MARKER, InferenceFiles, ResultWriter, RunInfo, VariantRunner, collate_files
+from recon.inputs import InferenceFiles, collate_files
+from recon.predict import VariantRunner
+from recon.records import RunInfo
 from recon.variants import VARIANTS, Models, VariantSettings
+from recon.writer import RUN_MARKER, ResultWriter
 from tests.conftest import write_tone
 
 ROOT = Path(__file__).resolve().parents[1]

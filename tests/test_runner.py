@@ -16,8 +16,11 @@ import soundfile as sf
 import torch
 
 from recon import metrics as M
-from recon.runner import FileResult, InferenceFiles, ResultWriter, RunInfo, VariantResult, VariantRunner, collate_files
+from recon.inputs import InferenceFiles, collate_files
+from recon.predict import VariantRunner
+from recon.records import FileResult, RunInfo, VariantResult
 from recon.variants import VARIANTS, Models, Reconstruction, Variant, VariantInput, VariantSettings, vae_mode, vae_sample
+from recon.writer import ResultWriter
 from tests.conftest import write_tone
 
 SETTINGS = VariantSettings(griffinlim_iters=2)

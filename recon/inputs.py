@@ -1,0 +1,93 @@
+"""Files: which inputs a run reads, and each one as a normalised waveform (or the reason it failed).
+
+The one walker of input folders lives here: ``infer.py``, ``recon encode``/``decode`` and the
+training data all list their files with :func:`find_files`, in the same deterministic order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from .audio import AudioLoadError, AudioSpec, load_audio, normalisation_gain, normalise
+from .outputs import describe_error
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".m4a")
+MIN_SECONDS = 0.1
+
+
+def find_audio_files(root: str | Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Files under ``root`` (recursive) whose suffix is one of ``extensions``, or ``[root]`` for a
+    single file, in a deterministic (sorted) order."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such file or folder: {root}")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+
+
+def find_files(entries: list[str | Path], extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[tuple[Path, str]]:
+    """(path, name relative to its folder argument) of every file the command-line ``entries`` name.
+
+    A folder contributes its files with ``extensions`` (recursively, names relative to the folder);
+    a file contributes itself under its own name.
+    """
+    found: list[tuple[Path, str]] = []
+    for entry in map(Path, entries):
+        if entry.is_dir():
+            found += [(p, p.relative_to(entry).as_posix()) for p in find_audio_files(entry, extensions)]
+        elif entry.is_file():
+            found.append((entry, entry.name))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {entry}")
+    return found
+
+
+def output_relpath(relpath: str) -> str:
+    """Where an input's outputs go, relative to each output folder: its name with a .wav suffix."""
+    return Path(relpath).with_suffix(".wav").as_posix()
+
+
+class InferenceFiles(Dataset):
+    """Whole input files (normalised once, like AudioLDM2 does per clip), or the reason one failed.
+
+    Items: ``{"index", "relpath", "wav" [samples] | None, "level", "error" str | None}``, where
+    ``level`` is the factor that restores the file's own loudness (codec files record it). A file
+    that cannot be read is an item with an error, so the other files go on.
+    """
+
+    def __init__(self, inputs: list[str | Path], spec: AudioSpec = AudioSpec()):
+        self.spec = spec
+        self.items: list[tuple[Path, str]] = find_files(inputs)
+        seen: dict[str, Path] = {}
+        for path, rel in self.items:
+            out = output_relpath(rel)
+            if out in seen:
+                raise ValueError(f"{path} and {seen[out]} would both be written as {out}; rename one")
+            seen[out] = path
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        path, rel = self.items[index]
+        item = {"index": index, "relpath": rel, "path": str(path), "wav": None, "level": 1.0, "error": None}
+        try:
+            wav = load_audio(path, self.spec)
+            if wav.numel() < MIN_SECONDS * self.spec.sample_rate:
+                raise AudioLoadError(path, f"too short: {wav.numel() / self.spec.sample_rate:.3f} s < {MIN_SECONDS} s")
+            item["wav"] = normalise(wav)
+            item["level"] = normalisation_gain(wav)
+        except AudioLoadError as err:
+            # Reported in errors.csv and on stderr by the writer; the other files go on.
+            item["error"] = err.reason
+        except Exception as err:  # e.g. MemoryError resampling a huge file: still one file's error
+            item["error"] = describe_error(err)
+        return item
+
+
+def collate_files(items: list[dict]) -> list[dict]:
+    return items
+
