@@ -22,7 +22,8 @@ from lightning.pytorch.cli import LightningCLI
 
 from recon.console import configure_output
 from recon.data import AudioDataModule
-from recon.lit import CodebookTrainer, StepProgressBar
+from recon.lit import CodebookTrainer
+from recon.progress import StepProgressBar
 
 SUBCOMMANDS = tuple(LightningCLI.subcommands())
 

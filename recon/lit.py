@@ -10,17 +10,15 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
-from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from .audio import AudioSpec, MelFrontEnd
 from .backbone import HUB_ID, FrozenAudioLDM2
 from .codebook import CodebookConfig, QuantizerOutput, VectorQuantizer
+from .loop_state import resumable_loop_state
 from .metrics import latent_snr
 from .precision import check_precision
+from .strategy import CodebookDDPStrategy  # noqa: F401  (importing it registers "codebook_ddp")
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +225,7 @@ class CodebookTrainer(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("backbone.")}
-        _resumable_loop_state(self.trainer, checkpoint)
+        resumable_loop_state(self.trainer, checkpoint)
         checkpoint["recon"] = {
             "format": CHECKPOINT_FORMAT,
             "backbone_signature": self.backbone.signature(),
@@ -258,102 +256,6 @@ class CodebookTrainer(L.LightningModule):
         # The frozen backbone comes from its source, not the checkpoint: put its own weights in
         # place so the (strict) state-dict load sees every key.
         checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith("backbone.")})
-
-
-def _resumable_loop_state(trainer: L.Trainer, checkpoint: dict) -> None:
-    """Make the loop state of a checkpoint written after training ended resume like an uninterrupted run.
-
-    The last checkpoint (``save_last``, written in ``on_train_end``) comes after Lightning closed
-    the epoch that ``max_steps`` ended. Resuming as saved goes wrong in both cases:
-    stopped mid-epoch, the next epoch would start, one epoch ahead; stopped at an epoch's last
-    batch, the next epoch would start with that epoch's batch count and end after one batch. So an
-    epoch cut short is reopened (as a checkpoint written after that batch inside the epoch would
-    record it), and an epoch finished at its last batch leaves a fresh batch count for the next.
-    """
-    if trainer is None or "loops" not in checkpoint:
-        return
-    batches = trainer.fit_loop.epoch_loop.batch_progress
-    epochs = trainer.fit_loop.epoch_progress.current
-    closed = epochs.ready == epochs.processed == epochs.completed
-    if not closed or batches.current.ready == 0:
-        return
-    loops = checkpoint["loops"]["fit_loop"]
-    if batches.is_last_batch:
-        loops["epoch_loop.batch_progress"]["current"] = {k: 0 for k in loops["epoch_loop.batch_progress"]["current"]}
-        loops["epoch_loop.batch_progress"]["is_last_batch"] = False
-        return
-    for counts in (loops["epoch_progress"]["total"], loops["epoch_progress"]["current"]):
-        counts["processed"] -= 1
-        counts["completed"] -= 1
-
-
-class CodebookDDPStrategy(DDPStrategy):
-    """DDP that leaves the model unwrapped when nothing in it takes gradients.
-
-    An EMA codebook without adapters has no trainable parameter, and torch's
-    DistributedDataParallel refuses such a module; the quantizer synchronises its own statistics.
-    Registered as ``codebook_ddp``: ``--trainer.strategy codebook_ddp`` for multi-device training.
-    """
-
-    def _setup_model(self, model: nn.Module) -> nn.Module:
-        if not any(p.requires_grad for p in model.parameters()):
-            return model
-        return super()._setup_model(model)
-
-    def _register_ddp_hooks(self) -> None:
-        # Lightning asserts a DistributedDataParallel wrapper here on CUDA; a bare module has no
-        # gradients to communicate, hence no hooks to register.
-        if isinstance(self.model, DistributedDataParallel):
-            super()._register_ddp_hooks()
-
-
-StrategyRegistry.register("codebook_ddp", CodebookDDPStrategy, description="DDP that skips wrapping a model with nothing to train")
-
-
-class StepProgressBar(RichProgressBar):
-    """Training progress in optimiser steps out of ``max_steps``; metrics to 4 significant digits.
-
-    recon trains for a number of steps, and an epoch is whatever the data makes it (a few batches
-    for a small folder), so Lightning's per-epoch bar ("Epoch 7/-2  1/3") tells a user little.
-    This bar reads "Training 40/60 ... epoch: 14 train/loss: 0.001234" and continues from the
-    checkpoint's step when a run resumes. Without ``max_steps`` it is Lightning's per-epoch bar.
-    """
-
-    def __init__(self, **kwargs):
-        # Lightning's default ".3f" shows a codebook loss of 0.0004 as 0.000 for the whole run.
-        super().__init__(theme=RichProgressBarTheme(metrics_format=".4g"), **kwargs)
-
-    @staticmethod
-    def _by_step(trainer) -> bool:
-        return trainer.max_steps is not None and trainer.max_steps > 0
-
-    def _step_task(self, trainer) -> None:
-        if self.train_progress_bar_id is None:
-            self.train_progress_bar_id = self._add_task(trainer.max_steps, "Training")
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if not self._by_step(trainer):
-            return super().on_train_epoch_start(trainer, pl_module)
-        if self.is_disabled or self.progress is None:
-            return
-        self._step_task(trainer)
-        self._update(self.train_progress_bar_id, trainer.global_step)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self._by_step(trainer):
-            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.is_disabled or self.progress is None:
-            return
-        self._step_task(trainer)
-        self._update(self.train_progress_bar_id, trainer.global_step)
-        self._update_metrics(trainer, pl_module)
-        self.refresh()
-
-    def get_metrics(self, trainer, pl_module) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)  # the logger's run id, not a measurement
-        # Counted from 1 like the steps: "epoch: 20" once the 20th pass over the data is under way.
-        return {"epoch": trainer.current_epoch + 1, **metrics} if self._by_step(trainer) else metrics
 
 
 def load_codebook_trainer(ckpt_path: str, backbone: str | None = None, map_location: str = "cpu") -> CodebookTrainer:

@@ -12,8 +12,9 @@ import soundfile as sf
 import torch
 
 from recon.audio import MelFrontEnd
-from recon.backbone import FrozenAudioLDM2, describe_weights, main as backbone_main, make_backbone_folder
-from recon.backbone_training import SmallRecipe, stft_loss, train_small
+from recon.backbone import FrozenAudioLDM2, describe_weights, make_backbone_folder
+from recon.tools.backbone_cli import main as backbone_main
+from recon.tools.backbone_training import SmallRecipe, stft_loss, train_small
 from tests.conftest import write_tone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_describe_weights_names_random_small_and_pretrained(tmp_path):
 
 @pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")), reason="needs espeak-ng and sox (apt-get install espeak-ng sox)")
 def test_corpus_is_repeatable_16k_mono_and_audible(tmp_path):
-    from recon.corpus import make_corpus
+    from recon.tools.corpus import make_corpus
 
     first = make_corpus(tmp_path / "a", speech=2, music=3, effects=4)
     second = make_corpus(tmp_path / "b", speech=2, music=3, effects=4)
@@ -98,15 +99,56 @@ def test_corpus_is_repeatable_16k_mono_and_audible(tmp_path):
 
 def test_clips_too_short_to_crop_are_named_and_left_out(tones, tmp_path, caplog):
     from recon.audio import AudioSpec
-    from recon.backbone_training import load_clips
+    from recon.tools.backbone_training import load_clips
 
     data = tmp_path / "data"
     shutil.copytree(tones, data)
     write_tone(data / "blip.wav", 0.3)
-    with caplog.at_level("WARNING", logger="recon.backbone_training"):
+    with caplog.at_level("WARNING", logger="recon.tools.backbone_training"):
         clips = load_clips(data, AudioSpec())
     assert len(clips) == 3 and "blip.wav" in caplog.text
     only_short = tmp_path / "short"
     write_tone(only_short / "blip.wav", 0.3)
     with pytest.raises(ValueError, match="shorter than"):
         load_clips(only_short, AudioSpec())
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Absolute names of the modules ``path`` imports, outside its ``if __name__ == "__main__":`` block."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for n in ast.walk(node)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            names.update([module, *(f"{module}.{alias.name}" for alias in node.names)])
+    return names
+
+
+def test_the_runtime_never_imports_the_backbone_tooling():
+    """recon.tools may import the runtime, never the reverse (lazy imports inside functions count too)."""
+    offenders = {
+        path.name: sorted(name for name in imported_modules(path, "recon") if name.startswith("recon.tools"))
+        for path in (ROOT / "recon").glob("*.py")
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+    # The check sees the imports it looks for.
+    assert "recon.tools.backbone_training.train_small" in imported_modules(ROOT / "recon" / "tools" / "backbone_cli.py", "recon.tools")
+
+
+def test_python_m_recon_backbone_runs_the_tooling_command_line(tmp_path, monkeypatch):
+    import runpy
+    import sys
+
+    monkeypatch.delitem(sys.modules, "recon.backbone")  # as in a fresh `python -m`: not imported yet
+    monkeypatch.setattr(sys, "argv", ["python -m recon.backbone", "make", "--size", "tiny", "--out", str(tmp_path / "tiny")])
+    runpy.run_module("recon.backbone", run_name="__main__")
+    assert describe_weights(str(tmp_path / "tiny")) == "random"
+    assert FrozenAudioLDM2.from_source(str(tmp_path / "tiny")).latent_channels == 8

@@ -286,7 +286,7 @@ def test_training_output_is_quiet_and_explains_zero_trainable_parameters(readme_
 
 
 def test_progress_bar_counts_the_runs_steps_with_four_significant_digits(readme_runs):
-    from recon.lit import StepProgressBar
+    from recon.progress import StepProgressBar
 
     for cli in (readme_runs["first"], readme_runs["resumed"]):
         trainer = cli.trainer

@@ -1,6 +1,6 @@
 """A small CC0 training corpus made on the spot: espeak-ng speech and sox music and effects.
 
-``python -m recon.corpus --out DIR`` writes 16 kHz mono WAVs under ``DIR/speech``, ``DIR/music``
+``python -m recon.tools.corpus --out DIR`` writes 16 kHz mono WAVs under ``DIR/speech``, ``DIR/music``
 and ``DIR/effects`` (about 15 minutes of audio, under a minute to make). Everything is synthesised
 from the sentences and recipes below, so the corpus is free of rights, and the same on every
 machine with the same espeak-ng and sox (sox runs with ``-R``: its noise and dither are seeded). It never contains the sentences or recipes of
@@ -82,7 +82,7 @@ WAVES = ["sine", "square", "triangle", "sawtooth", "pluck"]
 def require_tools() -> None:
     missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
     if missing:
-        raise SystemExit(f"recon.corpus needs {' and '.join(missing)} on PATH (Debian/Ubuntu: apt-get install espeak-ng sox)")
+        raise SystemExit(f"recon.tools.corpus needs {' and '.join(missing)} on PATH (Debian/Ubuntu: apt-get install espeak-ng sox)")
 
 
 def _run(cmd: list[str]) -> None:
@@ -188,7 +188,7 @@ def make_corpus(out: str | Path, speech: int = 160, music: int = 60, effects: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recon.corpus", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recon.tools.corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write speech/, music/ and effects/ into")
     parser.add_argument("--speech", type=int, default=160, help="espeak-ng clips (default: %(default)s)")
     parser.add_argument("--music", type=int, default=60, help="sox chords, sweeps and arpeggios (default: %(default)s)")

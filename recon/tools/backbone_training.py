@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .audio import LOG_MEL_FLOOR, AudioSpec, MelFrontEnd, load_audio, normalise
-from .backbone import build_random, load_components
-from .data import find_audio_files
-from .metrics import multi_resolution_stft_distance
+from ..audio import LOG_MEL_FLOOR, AudioSpec, MelFrontEnd, load_audio, normalise
+from ..backbone import build_random, load_components
+from ..data import find_audio_files
+from ..metrics import multi_resolution_stft_distance
 
 log = logging.getLogger(__name__)
 
