@@ -146,7 +146,7 @@ def test_ddcm_through_the_audioldm2_denoiser_decodes_exactly(components, latent)
     assert torch.equal(decompress(denoiser, indices, steps, K, seed, LATENT), reconstruction)
 
 
-@pytest.mark.parametrize("name", ["ddcm_input", "ddcm_noise"])
+@pytest.mark.parametrize("name", ["codebook_sdedit", "ddcm_noise"])
 def test_diffusion_variants_batch_segments_of_several_files_as_if_alone(name, components, tiny_backbone):
     """Segments of several files share one UNet batch; each segment's latent is what it gets alone
     (its noise is seeded per segment, DDCM's argmax is per item): equal up to batch-size rounding,
@@ -181,3 +181,19 @@ def test_per_item_seeds_give_batch_independent_noise(components):
     assert not torch.allclose(both[0], both[1])
     with pytest.raises(ValueError, match="2 seeds for a batch of 3"):
         text_to_audio_latent(components, PROMPT, 2, 3.5, [1, 2], (3, *LATENT[1:]))
+
+
+def test_ddcm_input_is_an_old_name_of_codebook_sdedit_that_warns_once(caplog):
+    """SDEdit refinement of the hard codes is not DDCM: the variant is codebook_sdedit; the old name
+    still resolves to it (outputs carry the new name) and says so once per process."""
+    import recon.variants as V
+
+    V._warned_aliases.discard("ddcm_input")
+    with caplog.at_level("WARNING", logger="recon.variants"):
+        first = V.resolve("ddcm_input,vae_mode")
+        again = V.resolve(["ddcm_input"])
+    assert [v.name for v in first] == ["codebook_sdedit", "vae_mode"] and [v.name for v in again] == ["codebook_sdedit"]
+    warnings = [r.getMessage() for r in caplog.records if "ddcm_input" in r.getMessage()]
+    assert len(warnings) == 1 and "codebook_sdedit" in warnings[0] and "not DDCM" in warnings[0]
+    assert "ddcm_input" not in V.VARIANTS and "ddcm_input" not in V.SWEEPS
+    assert [v.name for v in V.sweep(first[:1], {"refine_strength": [0.0, 0.5]})] == ["codebook_sdedit@0", "codebook_sdedit@0.5"]

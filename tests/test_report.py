@@ -108,7 +108,7 @@ def out_dir(tmp_path) -> Path:
 BIG_VARIANTS = [
     "vae_mode", "vae_sample", "vae_clamped", "vae_highfreq", "vae_mixed", "vocoder_only", "griffinlim",
     "codebook_hard", "codebook_soft", "codebook_rvq@1", "codebook_rvq@2", "codebook_rvq@3", "codebook_rvq@4",
-    "ddcm_input@0.2", "ddcm_input@0.5", "ddcm_noise@T3-K16", "ddcm_noise@T5-K16", "ddcm_noise@T10-K64",
+    "codebook_sdedit@0.2", "codebook_sdedit@0.5", "ddcm_noise@T3-K16", "ddcm_noise@T5-K16", "ddcm_noise@T10-K64",
     "ddcm_noise@T20-K256", "text2audio",
 ]  # fmt: skip
 
@@ -168,7 +168,7 @@ def make_big_out(root: Path, n_files: int = 50, seconds: float = 0.5, weights: s
         w = csv.writer(fh)
         w.writerow(["file", "variant", "reason"])
         w.writerow(["broken.wav", "", "unreadable: not an audio file"])
-        w.writerow([files[1], "ddcm_input@0.5", "RuntimeError: CUDA out of memory"])
+        w.writerow([files[1], "codebook_sdedit@0.5", "RuntimeError: CUDA out of memory"])
     return out
 
 
