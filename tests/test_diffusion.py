@@ -197,3 +197,43 @@ def test_ddcm_input_is_an_old_name_of_codebook_sdedit_that_warns_once(caplog):
     assert len(warnings) == 1 and "codebook_sdedit" in warnings[0] and "not DDCM" in warnings[0]
     assert "ddcm_input" not in V.VARIANTS and "ddcm_input" not in V.SWEEPS
     assert [v.name for v in V.sweep(first[:1], {"refine_strength": [0.0, 0.5]})] == ["codebook_sdedit@0", "codebook_sdedit@0.5"]
+
+
+def test_full_size_unets_have_the_sizes_on_the_hub_cards():
+    """cvssp/audioldm2 and -music: a 350M UNet; -large: 750M (hub cards, rounded). Built on the meta
+    device: shapes only, no memory."""
+    from recon.diffusion import unet_config
+    from diffusers import AudioLDM2UNet2DConditionModel
+
+    def millions(checkpoint):
+        with torch.device("meta"):
+            unet = AudioLDM2UNet2DConditionModel(**unet_config("full", checkpoint))
+        return sum(p.numel() for p in unet.parameters()) / 1e6
+
+    base, music, large = millions("audioldm2"), millions("audioldm2-music"), millions("audioldm2-large")
+    assert base == music and 350 * 0.95 < base < 350 * 1.05
+    assert 750 * 0.9 < large < 750 * 1.05
+
+
+@pytest.mark.parametrize("checkpoint", ["audioldm2-music", "audioldm2-large"])
+def test_music_and_large_snapshots_load_and_code_like_the_base(checkpoint, tmp_path):
+    """A snapshot folder in the hub layout with the checkpoint's UNet structure (tiny widths) loads
+    through the same loader as cvssp/audioldm2, keeps that structure, and DDCM round-trips on it."""
+    from recon.backbone import FrozenAudioLDM2
+    from recon.diffusion import CHECKPOINT_UNETS
+
+    folder = make_tiny_pipeline_folder(tmp_path / "cvssp" / checkpoint, seed=1, checkpoint=checkpoint)
+    components = load_diffusion_components(str(folder), local_files_only=True)
+    shape = CHECKPOINT_UNETS[checkpoint]
+    unet = components.unet
+    assert unet.config.transformer_layers_per_block in (shape["transformer_layers_per_block"], [shape["transformer_layers_per_block"]] * 2)
+    block = unet.down_blocks[1]  # a cross-attention block: one attention per slot and per layer
+    assert len(block.attentions) == unet.config.layers_per_block * len(shape["slots"])
+    assert len(block.attentions[0].transformer_blocks) == shape["transformer_layers_per_block"]
+    assert not unet.training and not any(p.requires_grad for p in unet.parameters())
+    backbone = FrozenAudioLDM2.from_source(str(folder))  # the VAE and vocoder of the same snapshot
+    assert backbone.scaling_factor == components.scaling_factor
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(2))
+    denoiser = components.denoiser(PROMPT, guidance_scale=2.0)
+    indices, reconstruction = compress(denoiser, latent, 2, 4, 5)
+    assert torch.equal(decompress(denoiser, indices, 2, 4, 5, tuple(latent.shape)), reconstruction)
