@@ -291,7 +291,8 @@ def test_listener_clicks_through_the_page_in_chromium_and_the_saved_answers_scor
     downloads.mkdir()
     browser = DevTools(tmp_path)
     try:
-        browser.call("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads), "eventsEnabled": True})
+        # the first call waits for chromium to start: generous on a busy machine
+        browser.call("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads), "eventsEnabled": True}, timeout=90)
         target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         tab = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         browser.call("Page.enable", session=tab)
