@@ -216,14 +216,29 @@ def test_full_size_unets_have_the_sizes_on_the_hub_cards():
 
 
 @pytest.mark.parametrize("checkpoint", ["audioldm2-music", "audioldm2-large"])
-def test_music_and_large_snapshots_load_and_code_like_the_base(checkpoint, tmp_path):
-    """A snapshot folder in the hub layout with the checkpoint's UNet structure (tiny widths) loads
-    through the same loader as cvssp/audioldm2, keeps that structure, and DDCM round-trips on it."""
+def test_music_and_large_snapshots_load_and_code_like_the_base(checkpoint, tmp_path, monkeypatch):
+    """A snapshot in the hub layout with the checkpoint's UNet structure (tiny widths) loads through
+    the same loader as cvssp/audioldm2, as a folder and by its hub id from the local hub cache, keeps
+    that structure, and DDCM round-trips on it. A hub id with no snapshot says how to get that one."""
+    import huggingface_hub.constants
+
     from recon.backbone import FrozenAudioLDM2
     from recon.diffusion import CHECKPOINT_UNETS
 
-    folder = make_tiny_pipeline_folder(tmp_path / "cvssp" / checkpoint, seed=1, checkpoint=checkpoint)
+    # the local hub cache: models--cvssp--<name>/snapshots/<revision>, refs/main naming the revision
+    revision = "0" * 40
+    repo = tmp_path / "hub" / f"models--cvssp--{checkpoint}"
+    folder = make_tiny_pipeline_folder(repo / "snapshots" / revision, seed=1, checkpoint=checkpoint)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    by_id = load_diffusion_components(f"cvssp/{checkpoint}", local_files_only=True)
     components = load_diffusion_components(str(folder), local_files_only=True)
+    assert by_id.source == f"cvssp/{checkpoint}"
+    assert all(torch.equal(a, b) for a, b in zip(by_id.unet.state_dict().values(), components.unet.state_dict().values()))
+    other = "audioldm2-large" if checkpoint == "audioldm2-music" else "audioldm2-music"
+    with pytest.raises(BackboneNotFoundError, match=f"huggingface-cli download cvssp/{other} "):
+        load_diffusion_components(f"cvssp/{other}", local_files_only=True)
     shape = CHECKPOINT_UNETS[checkpoint]
     unet = components.unet
     assert unet.config.transformer_layers_per_block in (shape["transformer_layers_per_block"], [shape["transformer_layers_per_block"]] * 2)
