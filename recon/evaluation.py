@@ -104,6 +104,33 @@ def pareto_front(points: Sequence[RatePoint], better: str = "lower") -> set[str]
     return {p.variant for p in points if not any(dominates(q, p) for q in points if q is not p)}
 
 
+@dataclass
+class RateDistortion:
+    """The rate view of a run: for each distortion it has (``metrics``: name, direction), every codec
+    variant's point, the Pareto front, and why the other variants are not points."""
+
+    metrics: list[tuple[str, str]]
+    points: dict[str, dict[str, RatePoint]]  # variant -> metric -> point
+    fronts: dict[str, set[str]]  # metric -> variants on its front
+    left_out: dict[str, str]  # variant -> why it has no point at all
+
+
+def rate_distortion(summary: dict) -> RateDistortion:
+    """:func:`rate_points` and :func:`pareto_front` for every metric of :data:`RATE_DISTORTION_METRICS`
+    that some variant of ``summary`` has a mean of."""
+    present = {m for d in (summary.get("variants") or {}).values() for m in (d.get("mean") or {})}
+    metrics = [(m, better) for m, better in RATE_DISTORTION_METRICS if m in present]
+    points: dict[str, dict[str, RatePoint]] = {}
+    fronts, skipped = {}, {}
+    for metric, better in metrics:
+        mine, why = rate_points(summary, metric)
+        fronts[metric] = pareto_front(mine, better)
+        skipped.update(why)
+        for p in mine:
+            points.setdefault(p.variant, {})[metric] = p
+    return RateDistortion(metrics, points, fronts, {v: why for v, why in skipped.items() if v not in points})
+
+
 # --------------------------------------------------------------------------------------------------
 # the hardest files and what goes wrong in them
 
@@ -149,10 +176,12 @@ def hardest_files(rows: Sequence[dict], variant: str, count: int = 3) -> tuple[s
 
 __all__ = [
     "RATE_DISTORTION_METRICS",
+    "RateDistortion",
     "TAG_RULES",
     "RatePoint",
     "failure_tags",
     "hardest_files",
     "pareto_front",
+    "rate_distortion",
     "rate_points",
 ]

@@ -728,46 +728,39 @@ def rate_distortion_svg(points: Sequence[E.RatePoint], front: set[str], metric: 
 
 def _rate_distortion(summary: dict) -> str:
     """The rate-distortion plots (one per distortion the run has) and their table."""
-    present = ordered_unique(m for d in summary.get("variants", {}).values() for m in (d.get("mean") or {}))
-    chosen = [(m, b) for m, b in E.RATE_DISTORTION_METRICS if m in present]
-    if not chosen:
+    rd = E.rate_distortion(summary)
+    if not rd.metrics:
         return ""
-    plots, fronts, all_points, left_out = [], {}, {}, {}
-    for metric, better in chosen:
-        points, skipped = E.rate_points(summary, metric)
-        left_out.update(skipped)
-        fronts[metric] = E.pareto_front(points, better)
-        for p in points:
-            all_points.setdefault(p.variant, {})[metric] = p
-        if points:
-            plots.append(f"<figure>{rate_distortion_svg(points, fronts[metric], metric, better)}</figure>")
     out = ['<h2 id="rate-distortion">Rate against distortion</h2>']
-    if not all_points:
+    if not rd.points:
         out.append("<p class=note>No variant of this run has a bitrate: nothing to plot.</p>")
     else:
+        plots = []
+        for metric, better in rd.metrics:
+            points = [by[metric] for by in rd.points.values() if metric in by]
+            if points:
+                plots.append(f"<figure>{rate_distortion_svg(points, rd.fronts[metric], metric, better)}</figure>")
         out.append("<div class=plots>" + "".join(plots) + "</div>")
         out.append("<div class=scroll><table id=rate-table><thead><tr><th>variant</th><th>rate<br><span class=unit>kbps</span></th>"
-                   + "".join(_header(m) for m, _ in chosen) + "</tr></thead><tbody>")  # fmt: skip
-        for variant, by_metric in sorted(all_points.items(), key=lambda kv: next(iter(kv[1].values())).bps):
+                   + "".join(_header(m) for m, _ in rd.metrics) + "</tr></thead><tbody>")  # fmt: skip
+        for variant, by_metric in sorted(rd.points.items(), key=lambda kv: next(iter(kv[1].values())).bps):
             first = next(iter(by_metric.values()))
             rate = f"{first.bps / 1000:.2f}" + ("" if first.measured else " (nominal)")
             out.append(f"<tr><td class=name>{_e(variant)}</td><td class=num>{rate}</td>")
-            for metric, _ in chosen:
+            for metric, _ in rd.metrics:
                 p = by_metric.get(metric)
-                text = _text(p.value if p else None, _column(metric))
-                out.append(_cell(text + (" ★" if p and variant in fronts[metric] else ""), best=bool(p and variant in fronts[metric])))
+                on_front = bool(p and variant in rd.fronts[metric])
+                out.append(_cell(_text(p.value if p else None, _column(metric)) + (" ★" if on_front else ""), best=on_front))
             out.append("</tr>")
         out.append("</tbody></table></div>")
     notes = ("x: bits per second measured from the files each variant wrote (headers included), or its nominal rate "
              "where it wrote none (hollow dots, \"nominal\"); y: the mean over files. ★ and red: on the Pareto front "
              "(no other variant has at most its rate and a distortion at least as good).")  # fmt: skip
     out.append(f"<p class=small>{notes}</p>")
-    if left_out:
-        reasons: dict[str, list[str]] = {}
-        for variant, why in left_out.items():
-            if variant not in all_points:
-                reasons.setdefault(why, []).append(variant)
-        out += [f"<p class=small>Not plotted, {_e(why)}: {_e(', '.join(names))}.</p>" for why, names in reasons.items()]
+    reasons: dict[str, list[str]] = {}
+    for variant, why in rd.left_out.items():
+        reasons.setdefault(why, []).append(variant)
+    out += [f"<p class=small>Not plotted, {_e(why)}: {_e(', '.join(names))}.</p>" for why, names in reasons.items()]
     return "".join(out)
 
 

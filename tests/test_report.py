@@ -496,6 +496,10 @@ def test_log_to_wandb_offline(out_dir, wandb_env):
     assert all(r[-3:] == ["Audio", "Audio", "Image"] for f in FILES[:2] for r in by_file[f])
     assert all(r[-3:] == [None, None, None] for r in by_file[FILES[2]])
     assert len(tables["summary"]["data"]) == len(VARIANTS)
+    # the one codec variant (4 kbps nominal) is a point, alone on the front of each distortion
+    rate = tables["rate"]
+    assert rate["columns"] == ["variant", "bps", "measured", "log_mel_db", "pareto/log_mel_db"]
+    assert rate["data"] == [["codebook", 4000.0, False, 2.0, True]]
 
 
 def test_log_to_wandb_leaves_an_open_run_alone(out_dir, wandb_env):
