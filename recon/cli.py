@@ -3,6 +3,7 @@
     recon encode --ckpt CKPT IN... --out DIR          # one DIR/<name>.recn per input file
     recon decode FILE... --ckpt CKPT --out DIR       # one DIR/<name>.wav per .recn file
     recon info FILE...                               # header, size and measured bitrate
+    recon listen OUT --out session.html              # blinded listening test of an infer.py folder
 
 A file decodes from itself and the named model alone; decoding refuses a model whose weights differ
 from those the file was encoded with. A bad input costs one line on stderr and the other inputs go
@@ -264,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("inputs", nargs="+", metavar="FILE", help=".recn files and/or folders (searched recursively)")
     dec.add_argument("--normalised", action="store_true", help="keep the model's peak-normalised level instead of the input's own loudness")
     model_options(dec)
+    # `recon listen ...` is parsed by recon.listen itself (main() hands it over before this parser).
+    sub.add_parser("listen", add_help=False, help="blinded A/B and MUSHRA listening session of an infer.py folder; "
+                   "`recon listen score` unblinds the answers (see recon listen --help)")
     inf = sub.add_parser("info", help="print the header, size and measured bitrate of .recn files")
     inf.add_argument("inputs", nargs="+", metavar="FILE", help=".recn files and/or folders (searched recursively)")
     inf.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="also print the libraries' info messages and warnings that recon hides")
@@ -271,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["listen"]:
+        from .listen import main as listen_main
+
+        configure_output(verbose=False)
+        return listen_main(argv[1:])
     args = parse_args(argv)
     configure_output(verbose=args.verbose)
     try:

@@ -2,7 +2,9 @@
 
 A diffusion *source* follows ``recon.backbone``'s convention:
 
-* a hub id, ``cvssp/audioldm2`` (the default), loaded with ``AudioLDM2Pipeline.from_pretrained``;
+* a hub id, ``cvssp/audioldm2`` (the default), ``cvssp/audioldm2-music`` or ``cvssp/audioldm2-large``,
+  loaded with ``AudioLDM2Pipeline.from_pretrained`` (one loader: every official checkpoint has the
+  same components and folder layout; they differ in the UNet, see :data:`CHECKPOINT_UNETS`);
 * a local folder in the same layout (``model_index.json``, ``unet/``, ``scheduler/``, ``vae/``,
   ``vocoder/``, ``text_encoder/``, ``text_encoder_2/``, ``projection_model/``, ``language_model/``,
   ``tokenizer/``, ``tokenizer_2/``, ``feature_extractor/``), e.g. a downloaded snapshot or one made by
@@ -80,6 +82,20 @@ FULL_UNET_CONFIG = dict(
     attention_head_dim=(4, 8, 12, 20),
 )
 
+# The official checkpoints, as their hub cards describe them: text encoders, VAE and vocoder are
+# shared, the UNet differs ("350M / 750M / 350M"). -large (audioldm2-full-large-1150k in the original
+# release) has two transformer layers per attention block and a fourth attention slot, a
+# self-attention after the Flan-T5 one (the release's context_dim [768, 1024, None] next to its extra
+# self-attention layer): 718 M parameters by diffusers' count, against 347 M for the base UNet.
+# -music (audioldm2-music-665k) is the base architecture trained on music. Overrides of the base
+# config, in cross-attention slots (None: self-attention; then GPT2 tokens, Flan-T5 tokens).
+CHECKPOINT_UNETS = {
+    "audioldm2": dict(slots=(None, "gpt2", "t5"), transformer_layers_per_block=1),
+    "audioldm2-music": dict(slots=(None, "gpt2", "t5"), transformer_layers_per_block=1),
+    "audioldm2-large": dict(slots=(None, "gpt2", "t5", None), transformer_layers_per_block=2),
+}
+FULL_CONDITIONING_DIMS = {"gpt2": 768, "t5": 1024}
+
 # Tiny stand-ins: the dims chain CLAP(16) + T5(32) -> projection -> GPT2(16) -> UNet cross-attention.
 _TINY_CLAP_DIM, _TINY_T5_DIM, _TINY_GPT2_DIM = 16, 32, 16
 TINY_UNET_CONFIG = dict(
@@ -109,9 +125,11 @@ _PIPELINE_FILES = (
 
 
 def how_to_provide_diffusion(source: str) -> str:
+    # A hub id names its own snapshot (cvssp/audioldm2-music); a folder or anything else, the default.
+    hub_id = source if source.count("/") == 1 and not source.startswith((".", "/", "~")) else HUB_ID
     return (
         f"recon looked for the AudioLDM2 diffusion pipeline '{source}' ({', '.join(_PIPELINE_FILES)}). Download the "
-        f"whole snapshot on a connected machine (`huggingface-cli download {HUB_ID} --local-dir DIR`) and pass DIR, "
+        f"whole snapshot on a connected machine (`huggingface-cli download {hub_id} --local-dir DIR`) and pass DIR, "
         "or build an offline random-weight pipeline with `python -m recon.diffusion make --size tiny --out DIR` "
         f"(or pass {RANDOM_PREFIX}tiny). For the VAE/vocoder alone: " + how_to_provide(source)
     )
@@ -122,14 +140,30 @@ def how_to_provide_diffusion(source: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def build_random_unet(size: str, seed: int = 0) -> AudioLDM2UNet2DConditionModel:
-    """A random-weight UNet: ``full`` is AudioLDM2's architecture, ``tiny`` a test stand-in."""
+def unet_config(size: str, checkpoint: str = "audioldm2") -> dict:
+    """The UNet config of ``checkpoint`` (a name of :data:`CHECKPOINT_UNETS`) at ``size``: ``full`` is
+    the checkpoint's architecture, ``tiny`` the same structure (attention slots, layers per block) at
+    test widths."""
     configs = {"full": FULL_UNET_CONFIG, "tiny": TINY_UNET_CONFIG}
     if size not in configs:
         raise ValueError(f"unknown UNet size '{size}'; choose one of {sorted(configs)}")
+    if checkpoint not in CHECKPOINT_UNETS:
+        raise ValueError(f"unknown AudioLDM2 checkpoint '{checkpoint}'; choose one of {sorted(CHECKPOINT_UNETS)}")
+    config = copy.deepcopy(configs[size])
+    shape = CHECKPOINT_UNETS[checkpoint]
+    dims = FULL_CONDITIONING_DIMS if size == "full" else {"gpt2": _TINY_GPT2_DIM, "t5": _TINY_T5_DIM}
+    slots = [None if slot is None else dims[slot] for slot in shape["slots"]]
+    config["cross_attention_dim"] = (slots,) * len(config["block_out_channels"])
+    config["transformer_layers_per_block"] = shape["transformer_layers_per_block"]
+    return config
+
+
+def build_random_unet(size: str, seed: int = 0, checkpoint: str = "audioldm2") -> AudioLDM2UNet2DConditionModel:
+    """A random-weight UNet of ``checkpoint``'s structure: ``full`` size, or ``tiny`` for tests."""
+    config = unet_config(size, checkpoint)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AudioLDM2UNet2DConditionModel(**copy.deepcopy(configs[size])).eval()
+        return AudioLDM2UNet2DConditionModel(**config).eval()
 
 
 def _tiny_tokenizers() -> tuple[RobertaTokenizer, T5Tokenizer]:
@@ -143,13 +177,15 @@ def _tiny_tokenizers() -> tuple[RobertaTokenizer, T5Tokenizer]:
     return roberta, t5
 
 
-def build_tiny_pipeline(seed: int = 0) -> AudioLDM2Pipeline:
-    """A tiny random AudioLDM2 pipeline, deterministic in ``seed``, with recon's tiny VAE and vocoder."""
+def build_tiny_pipeline(seed: int = 0, checkpoint: str = "audioldm2") -> AudioLDM2Pipeline:
+    """A tiny random AudioLDM2 pipeline, deterministic in ``seed``, with recon's tiny VAE and vocoder
+    and a UNet of ``checkpoint``'s structure (:func:`unet_config`)."""
+    unet_kwargs = unet_config("tiny", checkpoint)
     vae, vocoder = build_random("tiny", seed)
     tokenizer, tokenizer_2 = _tiny_tokenizers()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = AudioLDM2UNet2DConditionModel(**copy.deepcopy(TINY_UNET_CONFIG))
+        unet = AudioLDM2UNet2DConditionModel(**unet_kwargs)
         text_config = ClapTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=16,
@@ -204,10 +240,10 @@ def build_tiny_pipeline(seed: int = 0) -> AudioLDM2Pipeline:
     return _freeze(pipe)
 
 
-def make_tiny_pipeline_folder(out: str | Path, seed: int = 0) -> Path:
+def make_tiny_pipeline_folder(out: str | Path, seed: int = 0, checkpoint: str = "audioldm2") -> Path:
     """Save :func:`build_tiny_pipeline` in the hub layout, loadable offline by :func:`load_diffusion_components`."""
     out = Path(out)
-    build_tiny_pipeline(seed).save_pretrained(out)
+    build_tiny_pipeline(seed, checkpoint).save_pretrained(out)
     return out
 
 
@@ -464,9 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     make.add_argument("--size", choices=["tiny"], default="tiny")
     make.add_argument("--out", required=True, help="folder to create")
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--checkpoint", choices=sorted(CHECKPOINT_UNETS), default="audioldm2",
+                      help="whose UNet structure to give it (cvssp/<name>; default: %(default)s)")
     args = parser.parse_args(argv)
-    out = make_tiny_pipeline_folder(args.out, args.seed)
-    print(f"wrote random '{args.size}' AudioLDM2 pipeline (seed {args.seed}) to {out}")
+    out = make_tiny_pipeline_folder(args.out, args.seed, args.checkpoint)
+    print(f"wrote random '{args.size}' AudioLDM2 pipeline shaped like cvssp/{args.checkpoint} (seed {args.seed}) to {out}")
 
 
 if __name__ == "__main__":

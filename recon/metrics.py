@@ -64,7 +64,31 @@ HF_EPS = 1e-12
 # 20 / ln(10): converts a difference of natural logs of *magnitudes* to dB.
 NEPER_TO_DB = 20.0 / math.log(10.0)
 
-WAVEFORM_METRICS = ("log_mel_db", "mel_multiscale", "mr_stft", "lsd_db", "si_sdr_db", "snr_db", "hf_retention")
+# The evaluation of the public DDCM-on-AudioLDM2 workflow (its compare_audio_metrics script): one
+# STFT for all of them, 128 HTK mels without area normalisation over 0-8 kHz, dB of power with an
+# 80 dB range per signal, the mel bins split a third / two thirds into low and high bands.
+WORKFLOW_N_FFT = 1024
+WORKFLOW_HOP = 256
+WORKFLOW_N_MELS = 128
+WORKFLOW_TOP_DB = 80.0
+WORKFLOW_AMIN = 1e-10  # power floor of the dB conversion (torchaudio's AmplitudeToDB, librosa's power_to_db)
+WORKFLOW_LOW_MELS = WORKFLOW_N_MELS // 3  # 42: low band = mel bins 0..41, high band = 42..127
+CENTROID_EPS = 1e-9  # magnitude-sum floor of a frame's centroid (a silent frame has centroid 0 Hz)
+CORR_EPS = 1e-12
+ENVELOPE_FRAME = 1024
+ENVELOPE_HOP = 256
+ENVELOPE_EPS = 1e-12  # inside the frame RMS square root
+
+WORKFLOW_METRICS = (
+    "mel_db_mae",
+    "mel_db_mae_low",
+    "mel_db_mae_high",
+    "stft_mag_mse",
+    "spectral_centroid_l1",
+    "waveform_corr",
+    "envelope_rms_l1",
+)
+WAVEFORM_METRICS = ("log_mel_db", "mel_multiscale", "mr_stft", "lsd_db", "si_sdr_db", "snr_db", "hf_retention", *WORKFLOW_METRICS)
 PERCEPTUAL_METRICS = ("pesq_wb", "stoi")
 
 
@@ -274,7 +298,9 @@ def snr(reference: Tensor, estimate: Tensor) -> Tensor:
         snr = 10 log10( (||ref||^2 + eps) / (||ref - est||^2 + eps) ),   eps = eps_f32
 
     Equals ``torchmetrics.functional.audio.signal_noise_ratio(est, ref, zero_mean=False)``.
-    ``est = g ref`` gives ``-20 log10 |1 - g|`` (6.02 dB for g = 0.5).
+    ``est = g ref`` gives ``-20 log10 |1 - g|`` (6.02 dB for g = 0.5). The DDCM-on-AudioLDM2
+    workflow's ``snr_db``, ``10 log10((mean ref^2 + 1e-12) / (mean (ref - est)^2 + 1e-12))``, is the
+    same ratio with other guards.
     """
     reference, estimate = _check_pair(reference, estimate)
     return _ratio_db(reference.pow(2).sum(dim=-1), (reference - estimate).pow(2).sum(dim=-1))
@@ -318,6 +344,158 @@ def high_frequency_retention(
     p_ref = torch.fft.rfft(reference, dim=-1).abs().pow(2) / n
     p_est = torch.fft.rfft(estimate, dim=-1).abs().pow(2) / n
     return (p_est[:, band].sum(dim=-1) + HF_EPS) / (p_ref[:, band].sum(dim=-1) + HF_EPS)
+
+
+# --------------------------------------------------------------------------------------------------
+# the DDCM-on-AudioLDM2 workflow's evaluation, with its exact settings, so its published numbers can
+# be reproduced with recon (16 kHz; STFT_1024 with hop 256 as in the module docstring)
+
+
+@functools.lru_cache(maxsize=None)
+def _htk_mel(device: torch.device) -> Tensor:
+    """``[128, 513]`` HTK mel filterbank (triangles of height 1, no area norm), 0 Hz to 8 kHz."""
+    import torchaudio.functional as AF
+
+    fb = AF.melscale_fbanks(
+        WORKFLOW_N_FFT // 2 + 1, f_min=0.0, f_max=SAMPLE_RATE / 2, n_mels=WORKFLOW_N_MELS,
+        sample_rate=SAMPLE_RATE, norm=None, mel_scale="htk",
+    )  # fmt: skip
+    return fb.T.contiguous().to(device)
+
+
+def mel_power_db(x: Tensor) -> Tensor:
+    """``[B, samples]`` -> ``[B, 128, frames]``: the workflow's mel spectrogram in dB, per item::
+
+        P   = |STFT_1024(x)|^2                      (hop 256, periodic Hann, centred, reflect)
+        M   = H P                                    (H: 128 HTK mel triangles, 0-8 kHz, norm None)
+        D   = 10 log10(max(M, 1e-10))
+        mel_db = max(D, max_{mels, frames}(D) - 80)  (the 80 dB range is taken per item)
+
+    Equals ``AmplitudeToDB("power", top_db=80)(MelSpectrogram(16000, n_fft=1024, hop_length=256,
+    n_mels=128, f_max=8000, norm=None, mel_scale="htk")(x))`` of torchaudio for one signal (a
+    batched call of that transform would take the 80 dB range over the whole batch instead).
+    """
+    power = _stft_mag(x.float(), WORKFLOW_N_FFT, WORKFLOW_HOP).pow(2)
+    db = 10.0 * torch.log10((_htk_mel(x.device) @ power).clamp(min=WORKFLOW_AMIN))
+    floor = db.amax(dim=(1, 2), keepdim=True) - WORKFLOW_TOP_DB
+    return torch.maximum(db, floor)
+
+
+def _mel_db_errors(reference: Tensor, estimate: Tensor) -> Tensor:
+    """``|mel_db(ref) - mel_db(est)|`` ``[B, 128, frames]``."""
+    return (mel_power_db(reference) - mel_power_db(estimate)).abs()
+
+
+def mel_db_mae(reference: Tensor, estimate: Tensor) -> Tensor:
+    """Mean absolute difference of the 128-bin HTK mel power spectrograms in dB (see :func:`mel_power_db`)::
+
+        mel_db_mae = mean_{mels, frames} |mel_db(ref) - mel_db(est)|
+
+    The DDCM-on-AudioLDM2 workflow's headline score (``mel_db_mae``). Each signal is floored 80 dB
+    below its own peak, so a pure gain ``g`` gives ``|20 log10 g|`` only where neither bin sits at
+    its floor. Not the AudioLDM2 front-end (:func:`log_mel_distance_db`: 64 slaney mels of the
+    magnitude, hop 160).
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    return _mel_db_errors(reference, estimate).mean(dim=(1, 2))
+
+
+def mel_db_mae_bands(reference: Tensor, estimate: Tensor) -> tuple[Tensor, Tensor]:
+    """``(low, high)``: :func:`mel_db_mae` over mel bins 0..41 (centres up to 0.89 kHz) and 42..127 (0.92 to 8 kHz).
+
+    The split is at ``128 // 3 = 42`` bins, the workflow's. The full score is their mean weighted by
+    bins: ``(42 low + 86 high) / 128``.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    err = _mel_db_errors(reference, estimate)
+    return err[:, :WORKFLOW_LOW_MELS].mean(dim=(1, 2)), err[:, WORKFLOW_LOW_MELS:].mean(dim=(1, 2))
+
+
+def stft_mag_mse(reference: Tensor, estimate: Tensor) -> Tensor:
+    """Mean squared difference of STFT magnitudes (n_fft 1024, hop 256), per item::
+
+        stft_mag_mse = mean_{513 freqs, frames} (|STFT_1024(ref)| - |STFT_1024(est)|)^2
+
+    Unnormalised magnitudes (a full-scale sine of amplitude a peaks near ``a * 256``), so the value
+    scales with the square of the level; recon's references are peak-normalised to 0.5.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    diff = _stft_mag(reference, WORKFLOW_N_FFT, WORKFLOW_HOP) - _stft_mag(estimate, WORKFLOW_N_FFT, WORKFLOW_HOP)
+    return diff.pow(2).mean(dim=(1, 2))
+
+
+def spectral_centroid_hz(x: Tensor) -> Tensor:
+    """``[B, samples]`` -> ``[B, frames]``: magnitude-weighted mean frequency of each frame, in Hz::
+
+        c_t = sum_k f_k |S[k, t]| / max(sum_k |S[k, t]|, 1e-9),   f_k = k * 16000 / 1024
+
+    with ``S = STFT_1024(x)``, hop 256. A silent frame has centroid 0 Hz.
+    """
+    mag = _stft_mag(x.float(), WORKFLOW_N_FFT, WORKFLOW_HOP)  # [B, 513, frames]
+    freqs = torch.arange(mag.shape[1], device=x.device, dtype=mag.dtype) * (SAMPLE_RATE / WORKFLOW_N_FFT)
+    return (freqs[None, :, None] * mag).sum(dim=1) / mag.sum(dim=1).clamp(min=CENTROID_EPS)
+
+
+def spectral_centroid_l1(reference: Tensor, estimate: Tensor) -> Tensor:
+    """Mean absolute difference of the frame spectral centroids, in Hz (see :func:`spectral_centroid_hz`)::
+
+        spectral_centroid_l1 = mean_t |c_t(ref) - c_t(est)|
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    return (spectral_centroid_hz(reference) - spectral_centroid_hz(estimate)).abs().mean(dim=1)
+
+
+def waveform_correlation(reference: Tensor, estimate: Tensor) -> Tensor:
+    """Pearson correlation of the two waveforms, in [-1, 1] (1: equal up to a positive gain and offset)::
+
+        r = ref - mean(ref),  e = est - mean(est)
+        waveform_corr = <r, e> / (||r|| ||e|| + 1e-12)
+
+    Like SNR, it needs the phase: a vocoder that does not keep it scores near 0 even when it sounds right.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    r = reference - reference.mean(dim=-1, keepdim=True)
+    e = estimate - estimate.mean(dim=-1, keepdim=True)
+    norms = torch.linalg.vector_norm(r, dim=-1) * torch.linalg.vector_norm(e, dim=-1)
+    return (r * e).sum(dim=-1) / (norms + CORR_EPS)
+
+
+def frame_rms(x: Tensor) -> Tensor:
+    """``[B, samples]`` -> ``[B, frames]``: ``sqrt(mean(x^2) + 1e-12)`` over frames of 1024 samples,
+    hop 256, no padding (``1 + (samples - 1024) // 256`` frames); a signal shorter than one frame is
+    zero-padded to one frame."""
+    x = x.float()
+    if x.shape[-1] < ENVELOPE_FRAME:
+        x = torch.nn.functional.pad(x, (0, ENVELOPE_FRAME - x.shape[-1]))
+    frames = x.unfold(-1, ENVELOPE_FRAME, ENVELOPE_HOP)  # [B, frames, 1024]
+    return (frames.pow(2).mean(dim=-1) + ENVELOPE_EPS).sqrt()
+
+
+def envelope_rms_l1(reference: Tensor, estimate: Tensor) -> Tensor:
+    """Envelope drift: mean absolute difference of the frame RMS envelopes (see :func:`frame_rms`)::
+
+        envelope_rms_l1 = mean_t |rms_t(ref) - rms_t(est)|
+
+    In waveform units (recon's references peak at 0.5); the workflow's hard-case triage calls a file's
+    envelope drifting above 0.02. Smeared transients and level swings raise it; phase does not.
+    """
+    reference, estimate = _check_pair(reference, estimate)
+    return (frame_rms(reference) - frame_rms(estimate)).abs().mean(dim=1)
+
+
+def workflow_metrics(reference: Tensor, estimate: Tensor) -> dict[str, Tensor]:
+    """Every metric of :data:`WORKFLOW_METRICS`, ``[B]`` each; the mel spectrograms computed once."""
+    reference, estimate = _check_pair(reference, estimate)
+    err = _mel_db_errors(reference, estimate)
+    return {
+        "mel_db_mae": err.mean(dim=(1, 2)),
+        "mel_db_mae_low": err[:, :WORKFLOW_LOW_MELS].mean(dim=(1, 2)),
+        "mel_db_mae_high": err[:, WORKFLOW_LOW_MELS:].mean(dim=(1, 2)),
+        "stft_mag_mse": stft_mag_mse(reference, estimate),
+        "spectral_centroid_l1": spectral_centroid_l1(reference, estimate),
+        "waveform_corr": waveform_correlation(reference, estimate),
+        "envelope_rms_l1": envelope_rms_l1(reference, estimate),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,8 +708,10 @@ def compute_all(
     """Every waveform metric of this module, each a ``[B]`` tensor, keyed by name.
 
     Keys: ``log_mel_db``, ``mel_multiscale``, ``mr_stft``, ``lsd_db``, ``si_sdr_db``, ``snr_db``,
-    ``hf_retention`` (cutoff 4 kHz) and, unless ``include_perceptual=False`` (they are slow),
-    ``pesq_wb`` and ``stoi``.
+    ``hf_retention`` (cutoff 4 kHz), the workflow metrics of :data:`WORKFLOW_METRICS`
+    (``mel_db_mae`` and its ``_low``/``_high`` bands, ``stft_mag_mse``, ``spectral_centroid_l1``,
+    ``waveform_corr``, ``envelope_rms_l1``) and, unless ``include_perceptual=False`` (they are
+    slow), ``pesq_wb`` and ``stoi``.
     """
     reference, estimate = _check_pair(reference, estimate)
     out = {
@@ -542,6 +722,7 @@ def compute_all(
         "si_sdr_db": si_sdr(reference, estimate),
         "snr_db": snr(reference, estimate),
         "hf_retention": high_frequency_retention(reference, estimate),
+        **workflow_metrics(reference, estimate),
     }
     if include_perceptual:
         out["pesq_wb"] = pesq_wb(reference, estimate)
@@ -555,15 +736,21 @@ __all__ = [
     "LATENT_VECTORS_PER_SECOND",
     "PERCEPTUAL_METRICS",
     "WAVEFORM_METRICS",
+    "WORKFLOW_METRICS",
     "NEAR_SILENT_DB",
     "PESQ_MIN_SECONDS",
     "STOI_MIN_SECONDS",
     "bitrate_bps",
     "compute_all",
     "high_frequency_retention",
+    "envelope_rms_l1",
+    "frame_rms",
     "latent_snr",
     "log_mel_distance_db",
     "log_spectral_distance",
+    "mel_db_mae",
+    "mel_db_mae_bands",
+    "mel_power_db",
     "multi_resolution_stft_distance",
     "multiscale_mel_distance",
     "perceptual_details",
@@ -571,6 +758,11 @@ __all__ = [
     "pesq_wb",
     "si_sdr",
     "snr",
+    "spectral_centroid_hz",
+    "spectral_centroid_l1",
+    "stft_mag_mse",
     "stoi",
     "undefined_reason",
+    "waveform_correlation",
+    "workflow_metrics",
 ]

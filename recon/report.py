@@ -46,6 +46,7 @@ from PIL import Image
 from torch import Tensor
 
 from recon.audio import LOG_MEL_FLOOR, AudioLoadError, AudioSpec, MelFrontEnd, load_audio
+from recon import evaluation as E
 from recon import metrics as M
 from recon.files import write_bytes, write_text
 
@@ -96,6 +97,7 @@ METRIC_ORDER = (
     "pesq_wb",
     "stoi",
     "latent_snr_db",
+    *M.WORKFLOW_METRICS,
     "bitrate_bps",
 )
 
@@ -295,6 +297,7 @@ class Column:
     decimals: int = 3
     better: str | None = None  # "higher", "lower", "one" (ideal at 1) or None (information)
     title: str = ""
+    table: str = "summary"  # the summary table it is shown in: "summary", or "workflow" for the second one
 
 
 COLUMNS = {
@@ -308,6 +311,15 @@ COLUMNS = {
     "pesq_wb": Column("PESQ", "MOS", 2, "higher", "wide-band PESQ, 1-4.6; speech only"),
     "stoi": Column("STOI", "0-1", 2, "higher", "short-time objective intelligibility; speech only"),
     "latent_snr_db": Column("latent SNR", "dB", 1, "higher", "SNR of the variant's latent against the VAE's"),
+    "visqol": Column("ViSQOL", "MOS", 2, "higher", "ViSQOL MOS-LQO, 1-5"),
+    # The DDCM-on-AudioLDM2 workflow's evaluation (recon.metrics.WORKFLOW_METRICS): a table of their own.
+    "mel_db_mae": Column("mel dB MAE", "dB", 2, "lower", "mean |difference| of 128 HTK mel bins in dB of power, 0-8 kHz, 80 dB range per signal", "workflow"),
+    "mel_db_mae_low": Column("low band", "dB", 2, "lower", "mel_db_mae over mel bins 0-41 (centres up to 0.89 kHz)", "workflow"),
+    "mel_db_mae_high": Column("high band", "dB", 2, "lower", "mel_db_mae over mel bins 42-127", "workflow"),
+    "stft_mag_mse": Column("STFT MSE", "", 3, "lower", "mean squared difference of STFT magnitudes, n_fft 1024, hop 256", "workflow"),
+    "spectral_centroid_l1": Column("centroid", "Hz", 0, "lower", "mean |difference| of the frame spectral centroids", "workflow"),
+    "waveform_corr": Column("corr", "-1..1", 3, "higher", "Pearson correlation of the waveforms (needs the phase)", "workflow"),
+    "envelope_rms_l1": Column("envelope", "", 4, "lower", "mean |difference| of frame RMS envelopes (1024 / 256)", "workflow"),
 }
 # Rates are shown in the bitrate column, not as metrics.
 RATE_COLUMNS = ("bitrate_bps", "measured_bps")
@@ -321,9 +333,10 @@ def _column(metric: str) -> Column:
 
 
 def _number(value: float, column: Column) -> str:
-    """Finite numbers: dB to one decimal; other values to the column's decimals, tiny ones as ``<0.001``."""
+    """Finite numbers: dB to the column's decimals (one, unless it says otherwise); other values to
+    the column's decimals, tiny ones as ``<0.001``."""
     if column.unit == "dB":
-        text = f"{value:.1f}"
+        text = f"{value:.{column.decimals}f}"
         return "0.0" if text == "-0.0" else text
     size = abs(value)
     if value == 0:
@@ -493,6 +506,8 @@ details.file[open]{padding-bottom:.6em}details.file>summary{font-size:13px}
 .card{border:1px solid #ddd;border-radius:4px;padding:4px;background:#fff}.card.ref{background:#e8f4ff}.card.nr{background:#fff8e1}
 .card .name{font-family:monospace;font-size:12px;margin-bottom:2px}
 .card audio{width:100%;height:32px}.card img{display:block;width:100%;height:96px}
+.plots{display:flex;flex-wrap:wrap;gap:8px}.plots figure{margin:0}svg.rd text{font-size:10px;fill:#333}
+.fname{font-family:monospace}.tag{display:inline-block;background:#e2e3f3;color:#272a5c;border-radius:3px;padding:0 4px;margin-left:3px;font-size:11px}
 dl.variants{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:12px}dl.variants dt{font-family:monospace}dl.variants dd{margin:0}
 """
 
@@ -582,7 +597,8 @@ def _counts(items: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def _summary_table(summary: dict, variants: list[str], metrics: list[str], rows: list[dict], reasons: dict) -> str:
+def _summary_table(summary: dict, variants: list[str], metrics: list[str], rows: list[dict], reasons: dict,
+                   table_id: str = "summary", timing_columns: bool = True) -> str:  # fmt: skip
     info = summary.get("variants", {})
     by_variant: dict[str, list[dict]] = {}
     for r in rows:
@@ -593,12 +609,15 @@ def _summary_table(summary: dict, variants: list[str], metrics: list[str], rows:
     timing = {"seconds_per_clip": Column("s / clip", "s", 2, "lower"), "real_time_factor": Column("speed", "× real time", 1, "higher")}
     best_timing = {k: _best_texts((info.get(v, {}).get(k) for v in variants), c) for k, c in timing.items()}
 
-    out = ['<div class=scroll><table class="summary" id="summary"><thead><tr><th>variant</th>',
+    if not timing_columns:
+        timing = best_timing = {}
+    out = [f'<div class=scroll><table class="summary" id="{table_id}"><thead><tr><th>variant</th>',
            '<th title="nominal bitrate of the variant\'s bitstream">bitrate<br><span class=unit>kbps</span></th>']  # fmt: skip
     out += [_header(m) for m in metrics]
-    out += ['<th title="compute seconds per clip">time<br><span class=unit>s / clip</span></th>',
-            '<th title="seconds of audio per second of compute">speed<br><span class=unit>&times; real time</span></th>',
-            "<th>files</th></tr></thead><tbody>"]  # fmt: skip
+    if timing_columns:
+        out += ['<th title="compute seconds per clip">time<br><span class=unit>s / clip</span></th>',
+                '<th title="seconds of audio per second of compute">speed<br><span class=unit>&times; real time</span></th>']  # fmt: skip
+    out += ["<th>files</th></tr></thead><tbody>"]
     for v in variants:
         d = info.get(v, {})
         mean, median = d.get("mean") or {}, d.get("median") or {}
@@ -640,6 +659,144 @@ def _summary_notes(summary: dict, variants: list[str], reasons: dict) -> str:
         items = "".join(f"<dt>{_e(v)}</dt><dd>{_e(d or '')}</dd>" for v, d in descriptions)
         out += f"<details><summary class=small>What each variant does</summary><dl class=variants>{items}</dl></details>"
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the evaluation view: rate against distortion, the hardest files
+
+PLOT_W, PLOT_H = 520, 250
+PLOT_MARGIN = (58, 14, 14, 40)  # left, right, top, bottom
+
+
+def _bps_text(bps: float) -> str:
+    return f"{bps / 1000:g}k" if bps >= 1000 else f"{bps:g}"
+
+
+def rate_distortion_svg(points: Sequence[E.RatePoint], front: set[str], metric: str, better: str) -> str:
+    """An inline SVG: x = bits per second (log scale), y = ``metric`` (worse upwards), one dot per
+    point (hollow where the rate is nominal, not measured), the Pareto front filled red and joined
+    by its staircase, each dot labelled with its variant."""
+    left, right, top, bottom = PLOT_MARGIN
+    xs = [math.log10(p.bps) for p in points]
+    ys = [p.value for p in points]
+    x0, x1 = min(xs) - 0.15, max(xs) + 0.15
+    pad = (max(ys) - min(ys)) * 0.1 or abs(ys[0]) * 0.1 or 1.0
+    y0, y1 = min(ys) - pad, max(ys) + pad
+    worse_up = better == "lower"
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (PLOT_W - left - right)
+
+    def py(y: float) -> float:
+        frac = (y - y0) / (y1 - y0)
+        return top + (1 - frac if worse_up else frac) * (PLOT_H - top - bottom)
+
+    out = [f'<svg class=rd width="{PLOT_W}" height="{PLOT_H}" viewBox="0 0 {PLOT_W} {PLOT_H}" role="img" '
+           f'aria-label="{_e(metric)} against bits per second">',
+           f'<rect x="{left}" y="{top}" width="{PLOT_W - left - right}" height="{PLOT_H - top - bottom}" fill="#fff" stroke="#bbb"/>']  # fmt: skip
+    for k in range(math.floor(x0), math.ceil(x1) + 1):
+        for m in (1, 2, 5):
+            x = k + math.log10(m)
+            if x0 <= x <= x1:
+                out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{PLOT_H - bottom}" stroke="#eee"/>'
+                           f'<text x="{px(x):.1f}" y="{PLOT_H - bottom + 13}" text-anchor="middle">{_bps_text(m * 10**k)}</text>')  # fmt: skip
+    for i in range(5):
+        y = y0 + (y1 - y0) * (i + 0.5) / 5
+        out.append(f'<text x="{left - 4}" y="{py(y) + 3:.1f}" text-anchor="end">{y:.3g}</text>')
+    column = _column(metric)
+    out.append(f'<text x="{(left + PLOT_W - right) / 2}" y="{PLOT_H - 6}" text-anchor="middle">bits per second (log scale)</text>')
+    out.append(f'<text x="12" y="{top + 4}" transform="rotate(-90 12 {top + 4})" text-anchor="end">'
+               f'{_e(column.label)} {_e(column.unit)} ({"lower" if worse_up else "higher"} is better)</text>')  # fmt: skip
+    on_front = sorted((p for p in points if p.variant in front), key=lambda p: p.bps)
+    steps = []
+    for a, b in zip(on_front, on_front[1:]):
+        steps += [(px(math.log10(a.bps)), py(a.value)), (px(math.log10(b.bps)), py(a.value))]
+    if on_front:
+        steps.append((px(math.log10(on_front[-1].bps)), py(on_front[-1].value)))
+        out.append('<polyline fill="none" stroke="#d9534f" stroke-width="1.5" points="'
+                   + " ".join(f"{x:.1f},{y:.1f}" for x, y in steps) + '"/>')  # fmt: skip
+    for p in points:
+        x, y = px(math.log10(p.bps)), py(p.value)
+        colour = "#d9534f" if p.variant in front else "#3b6ea8"
+        fill = colour if p.measured else "#fff"
+        title = f"{p.variant}: {_bps_text(p.bps)} bps ({'measured' if p.measured else 'nominal'}), {metric} {p.value:.4g}"
+        out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{fill}" stroke="{colour}" stroke-width="1.5"><title>{_e(title)}</title></circle>'
+                   f'<text x="{x + 6:.1f}" y="{y - 5:.1f}">{_e(p.variant)}</text>')  # fmt: skip
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _rate_distortion(summary: dict) -> str:
+    """The rate-distortion plots (one per distortion the run has) and their table."""
+    rd = E.rate_distortion(summary)
+    if not rd.metrics:
+        return ""
+    out = ['<h2 id="rate-distortion">Rate against distortion</h2>']
+    if not rd.points:
+        out.append("<p class=note>No variant of this run has a bitrate: nothing to plot.</p>")
+    else:
+        plots = []
+        for metric, better in rd.metrics:
+            points = [by[metric] for by in rd.points.values() if metric in by]
+            if points:
+                plots.append(f"<figure>{rate_distortion_svg(points, rd.fronts[metric], metric, better)}</figure>")
+        out.append("<div class=plots>" + "".join(plots) + "</div>")
+        out.append("<div class=scroll><table id=rate-table><thead><tr><th>variant</th><th>rate<br><span class=unit>kbps</span></th>"
+                   + "".join(_header(m) for m, _ in rd.metrics) + "</tr></thead><tbody>")  # fmt: skip
+        for variant, by_metric in sorted(rd.points.items(), key=lambda kv: next(iter(kv[1].values())).bps):
+            first = next(iter(by_metric.values()))
+            rate = f"{first.bps / 1000:.2f}" + ("" if first.measured else " (nominal)")
+            out.append(f"<tr><td class=name>{_e(variant)}</td><td class=num>{rate}</td>")
+            for metric, _ in rd.metrics:
+                p = by_metric.get(metric)
+                on_front = bool(p and variant in rd.fronts[metric])
+                out.append(_cell(_text(p.value if p else None, _column(metric)) + (" ★" if on_front else ""), best=on_front))
+            out.append("</tr>")
+        out.append("</tbody></table></div>")
+    notes = ("x: bits per second measured from the files each variant wrote (headers included), or its nominal rate "
+             "where it wrote none (hollow dots, \"nominal\"); y: the mean over files. ★ and red: on the Pareto front "
+             "(no other variant has at most its rate and a distortion at least as good).")  # fmt: skip
+    out.append(f"<p class=small>{notes}</p>")
+    reasons: dict[str, list[str]] = {}
+    for variant, why in rd.left_out.items():
+        reasons.setdefault(why, []).append(variant)
+    out += [f"<p class=small>Not plotted, {_e(why)}: {_e(', '.join(names))}.</p>" for why, names in reasons.items()]
+    return "".join(out)
+
+
+def _workflow_table(summary: dict, variants: list[str], metrics: list[str], rows: list[dict], reasons: dict) -> str:
+    if not variants or not metrics:
+        return ""
+    return ('<h2 id="workflow">Spectral errors (the DDCM-on-AudioLDM2 evaluation)</h2>'
+            + _summary_table(summary, variants, metrics, rows, reasons, table_id="workflow-table", timing_columns=False)
+            + "<p class=small>128 HTK mel bins in dB of power (0-8 kHz, 80 dB range per signal), split at bin 42 "
+            "(0.9 kHz) into low and high bands; STFT magnitudes with n_fft 1024, hop 256; spectral centroid in Hz; "
+            "Pearson correlation of the waveforms; frame-RMS envelope (1024 / 256). Formulas: recon/metrics.py.</p>")  # fmt: skip
+
+
+def _hardest(summary: dict, variants: list[str], rows: list[dict], count: int = 3) -> str:
+    """Per reconstruction, its ``count`` hardest files with their failure tags (recon.evaluation)."""
+    body = []
+    for v in variants:
+        if not _is_reconstruction(summary, v):
+            continue
+        metric, hardest = E.hardest_files(rows, v, count)
+        if not hardest:
+            continue
+        items = []
+        for row, tags in hardest:
+            badges = "".join(f"<span class=tag>{_e(t)}</span>" for t in tags)
+            items.append(f"<span class=fname>{_e(row['file'])}</span> {_text(row[metric], _column(metric))} dB {badges}")
+        body.append(f"<tr><td class=name>{_e(v)}</td><td>{_e(metric)}</td><td>{'<br>'.join(items)}</td></tr>")
+    if not body:
+        return ""
+    rules = "".join(f"<li><span class=tag>{_e(t)}</span> {_e(rule)}</li>" for t, rule in E.TAG_RULES.items())
+    return ('<h2 id="hardest">Hardest files per variant</h2>'
+            f"<p class=small>The {count} files with the largest error per variant, worst first, tagged by what goes wrong. Rules:</p>"
+            f"<ul class=small>{rules}</ul>"
+            f"<details><summary class=small>Hardest files of {len(body)} variant(s)</summary>"
+            "<div class=scroll><table id=hardest-table><thead><tr><th>variant</th><th>by</th><th>files</th></tr></thead><tbody>"
+            + "".join(body) + "</tbody></table></div></details>")  # fmt: skip
 
 
 def _kv_table(data: dict) -> str:
@@ -742,7 +899,10 @@ def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = Audio
     files = listed_files(out_dir, rows)
     csv_metrics = metric_columns(out_dir)
     summary_metrics = ordered_unique(m for d in summary["variants"].values() for m in (d.get("mean") or {}))
-    metrics = [m for m in sort_metrics(ordered_unique([*csv_metrics, *summary_metrics])) if m not in RATE_COLUMNS]
+    all_metrics = [m for m in sort_metrics(ordered_unique([*csv_metrics, *summary_metrics])) if m not in RATE_COLUMNS]
+    # The workflow's spectral errors get a table of their own, so the summary fits a laptop screen.
+    metrics = [m for m in all_metrics if _column(m).table != "workflow"]
+    workflow_metrics = [m for m in all_metrics if _column(m).table == "workflow"]
     by_key = {(r["file"], r["variant"]): r for r in rows}
     reasons = _undefined_reasons(out_dir, rows, spec)
     media = _Media(out_dir, embed, spec)
@@ -762,6 +922,9 @@ def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = Audio
         if variants
         else "<p class=note>no variants</p>",
         _errors(errors),
+        _workflow_table(summary, variants, workflow_metrics, rows, reasons),
+        _rate_distortion(summary),
+        _hardest(summary, variants, rows),
         "<h2>Run</h2>",
         _settings(summary),
         f"<h2>Files ({len(files)})</h2>",
@@ -784,9 +947,13 @@ def write_html_report(out_dir: str | Path, max_files: int = 12, embed: bool = Fa
     """Write ``OUT/report.html`` (atomically) and, unless ``embed``, its images under ``OUT/report_files/``.
 
     Order: a banner naming the backbone (a warning for random weights), the summary table (variants
-    as rows, best value per column marked), errors.csv, the run settings (collapsed), then one
+    as rows, best value per column marked), errors.csv, the workflow's spectral errors
+    (:data:`recon.metrics.WORKFLOW_METRICS`), the rate-distortion plots with their Pareto front and
+    the hardest files per variant with failure tags (:mod:`recon.evaluation`), the run settings
+    (collapsed), then one
     collapsed section per file with its metrics, and for the first ``max_files`` files an audio
-    player and a spectrogram per variant (input first). No JavaScript, no external resources.
+    player and a spectrogram per variant (input first). No JavaScript, no external resources; the
+    plots are inline SVG.
 
     Size: linked (default), the page holds text only (about 2 kB per file x variant) and the images
     ~10-30 kB each sit in ``report_files``; embedded, each 10.24 s clip adds its FLAC (~0.1-0.4 MB

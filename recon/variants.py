@@ -82,10 +82,10 @@ class VariantSettings:
     soft_temperature: float | None = None  # None: the temperature the codebook was trained to
     codebook_bits: float = 10.0  # log2 K of the loaded codebook
     # Diffusion variants (AudioLDM2 UNet, DDIM).
-    diffusion_steps: int = 20  # DDIM steps of ddcm_input's refinement and of text2audio
+    diffusion_steps: int = 20  # DDIM steps of codebook_sdedit's refinement and of text2audio (not DDCM's)
     guidance_scale: float = 7.5
-    refine_strength: float = 0.3  # ddcm_input: 0 = codebook only, 1 = generation from noise
-    refine_prompt: str = ""  # conditioning of ddcm_input / ddcm_noise: empty = neutral
+    refine_strength: float = 0.3  # codebook_sdedit: 0 = codebook only, 1 = generation from noise
+    refine_prompt: str = ""  # conditioning of codebook_sdedit / ddcm_noise: empty = neutral
     prompt: str = "high quality music"  # text2audio
     ddcm_steps: int = 50
     ddcm_k: int = 1024
@@ -110,7 +110,7 @@ class Variant:
     # the gain that restores its level, settings, models) -> the bytes of its file, and its suffix.
     pack_codes: Callable[[list[Tensor], list[int], int, float, "VariantSettings", "Models"], bytes] | None = None
     codes_suffix: str = ""
-    # The settings a sweep point fixes (``ddcm_input@0.2`` has refine_strength=0.2): see sweep().
+    # The settings a sweep point fixes (``codebook_sdedit@0.2`` has refine_strength=0.2): see sweep().
     overrides: tuple[tuple[str, object], ...] = ()
 
     def settings(self, settings: VariantSettings) -> VariantSettings:
@@ -377,18 +377,19 @@ def codebook_soft(x: VariantInput, models: Models, settings: VariantSettings) ->
 
 
 # ---------------------------------------------------------------------- diffusion variants
-@register("ddcm_input", "hard codes, then SDEdit refinement by the AudioLDM2 UNet (strength s)", requires=("codebook", "diffusion"))
-def ddcm_input(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
-    """"DDCM Input Based", done so the output depends on the input: quantize the input latent with
-    the trained codebook, noise it to strength s and DDIM-denoise it with the UNet (the original
-    only passed a starting noise to text-to-audio generation). s = 0 is the codebook-only control.
+@register("codebook_sdedit", "hard codes, then SDEdit refinement by the AudioLDM2 UNet (strength s); not DDCM", requires=("codebook", "diffusion"))
+def codebook_sdedit(x: VariantInput, models: Models, settings: VariantSettings) -> Reconstruction:
+    """"DDCM Input Based" of the original experiments, named for what it is (it codes nothing with
+    diffusion noise; the old name ``ddcm_input`` is an alias): quantize the input latent with the
+    trained codebook, noise it to strength s and DDIM-denoise it with the UNet (the original only
+    passed a starting noise to text-to-audio generation). s = 0 is the codebook-only control.
     Deterministic per segment for a seed. Not a bitstream: the refinement adds no bits, but the
     output is no longer a function of the 4.0 kbps codes alone unless the seed is shared."""
     from .diffusion import sdedit_refine
 
-    diffusion = models.require_diffusion("ddcm_input")
+    diffusion = models.require_diffusion("codebook_sdedit")
     scale = diffusion.scaling_factor
-    z_q = hard_codes(models, x.mean, "ddcm_input")
+    z_q = hard_codes(models, x.mean, "codebook_sdedit")
     # One UNet batch for every segment of the chunk; each segment's noise has its own seed.
     seeds = [segment_seed(settings.seed, key) for key in x.keys]
     if settings.refine_strength == 0:
@@ -457,7 +458,7 @@ def text2audio(x: VariantInput, models: Models, settings: VariantSettings) -> Re
 # Variants with a swept parameter: the settings each point fixes, and how a point is named.
 SWEEPS: dict[str, tuple[tuple[str, ...], str]] = {
     "codebook_rvq": (("rvq_stages",), "{rvq_stages}"),
-    "ddcm_input": (("refine_strength",), "{refine_strength:g}"),
+    "codebook_sdedit": (("refine_strength",), "{refine_strength:g}"),
     "ddcm_noise": (("ddcm_steps", "ddcm_k"), "T{ddcm_steps}-K{ddcm_k}"),
 }
 ALWAYS_NAMED = {"codebook_rvq"}  # its point is part of what it is, even when there is one
@@ -465,7 +466,7 @@ ALWAYS_NAMED = {"codebook_rvq"}  # its point is part of what it is, even when th
 
 def sweep(variants: list[Variant], values: dict[str, list]) -> list[Variant]:
     """One variant per point of each swept variant's parameters (``values``: setting -> list), named
-    ``base@point`` when a parameter takes several values (``ddcm_input@0.2``); others as they are."""
+    ``base@point`` when a parameter takes several values (``codebook_sdedit@0.2``); others as they are."""
     expanded = []
     for variant in variants:
         if variant.name not in SWEEPS:
@@ -484,6 +485,23 @@ def sweep(variants: list[Variant], values: dict[str, list]) -> list[Variant]:
     return expanded
 
 
+# Old names that still resolve, each to the variant that replaced it (a warning says so, once).
+ALIASES = {"ddcm_input": "codebook_sdedit"}
+_warned_aliases: set[str] = set()
+
+
+def canonical_name(name: str) -> str:
+    """The registered name of ``name``: itself, or what an old name now stands for (warning once
+    per process that the outputs carry the new name)."""
+    if name in ALIASES:
+        new = ALIASES[name]
+        if name not in _warned_aliases:
+            _warned_aliases.add(name)
+            log.warning("variant '%s' is now called '%s' (SDEdit refinement of the hard codes, not DDCM); its outputs are named '%s'", name, new, new)
+        return new
+    return name
+
+
 def resolve(names: str | list[str] | None, available: dict[str, bool] | None = None) -> list[Variant]:
     """Variant names (comma-separated or a list; None/"all" = all) -> registered variants, checked.
 
@@ -500,6 +518,7 @@ def resolve(names: str | list[str] | None, available: dict[str, bool] | None = N
         return [v for v in chosen if v.name not in skipped]
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(dict.fromkeys(canonical_name(n) for n in names))
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; registered: {', '.join(VARIANTS)}")

@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from recon.audio import AudioSpec
+from recon.evaluation import rate_distortion
 from recon.report import (
     INPUT_NAME,
     listed_files,
@@ -33,10 +34,12 @@ def log_to_wandb(
 ) -> str | None:
     """Log the run's results to W&B; returns the run directory, or None for ``mode="off"``.
 
-    One ``run.log`` call (step 0) with two tables: ``reconstructions`` (columns file, variant,
+    One ``run.log`` call (step 0) with three tables: ``reconstructions`` (columns file, variant,
     every metric column of metrics.csv, ``input_audio``, ``output_audio``, ``spectrogram`` - media
     only for the first ``max_files`` files, None beyond) and ``summary`` (variant, description,
-    is_reconstruction, bitrate_label, files, seconds_per_clip, real_time_factor, ``mean/<metric>``).
+    is_reconstruction, bitrate_label, files, seconds_per_clip, real_time_factor, ``mean/<metric>``), and
+    ``rate_distortion`` (variant, bps, measured, the mean of each distortion of
+    :func:`recon.evaluation.rate_distortion` and ``pareto/<metric>``: on its Pareto front).
     The means also go to ``run.summary`` as ``<variant>/<metric>``. ``config`` defaults to the
     ``run`` settings of summary.json. The run is finished before returning.
 
@@ -98,7 +101,13 @@ def log_to_wandb(
             for m, value in mean.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     run.summary[f"{v}/{m}"] = value
-        run.log({"reconstructions": table, "summary": sum_table})
+        rd = rate_distortion(summary)
+        rd_table = wandb.Table(columns=["variant", "bps", "measured", *(m for m, _ in rd.metrics), *(f"pareto/{m}" for m, _ in rd.metrics)])
+        for v, by_metric in rd.points.items():
+            first = next(iter(by_metric.values()))
+            values = [by_metric[m].value if m in by_metric else None for m, _ in rd.metrics]
+            rd_table.add_data(v, first.bps, first.measured, *values, *(v in rd.fronts[m] for m, _ in rd.metrics))
+        run.log({"reconstructions": table, "summary": sum_table, "rate_distortion": rd_table})
     except BaseException:
         run.finish(exit_code=1)
         raise

@@ -146,7 +146,7 @@ def test_ddcm_through_the_audioldm2_denoiser_decodes_exactly(components, latent)
     assert torch.equal(decompress(denoiser, indices, steps, K, seed, LATENT), reconstruction)
 
 
-@pytest.mark.parametrize("name", ["ddcm_input", "ddcm_noise"])
+@pytest.mark.parametrize("name", ["codebook_sdedit", "ddcm_noise"])
 def test_diffusion_variants_batch_segments_of_several_files_as_if_alone(name, components, tiny_backbone):
     """Segments of several files share one UNet batch; each segment's latent is what it gets alone
     (its noise is seeded per segment, DDCM's argmax is per item): equal up to batch-size rounding,
@@ -181,3 +181,74 @@ def test_per_item_seeds_give_batch_independent_noise(components):
     assert not torch.allclose(both[0], both[1])
     with pytest.raises(ValueError, match="2 seeds for a batch of 3"):
         text_to_audio_latent(components, PROMPT, 2, 3.5, [1, 2], (3, *LATENT[1:]))
+
+
+def test_ddcm_input_is_an_old_name_of_codebook_sdedit_that_warns_once(caplog):
+    """SDEdit refinement of the hard codes is not DDCM: the variant is codebook_sdedit; the old name
+    still resolves to it (outputs carry the new name) and says so once per process."""
+    import recon.variants as V
+
+    V._warned_aliases.discard("ddcm_input")
+    with caplog.at_level("WARNING", logger="recon.variants"):
+        first = V.resolve("ddcm_input,vae_mode")
+        again = V.resolve(["ddcm_input"])
+    assert [v.name for v in first] == ["codebook_sdedit", "vae_mode"] and [v.name for v in again] == ["codebook_sdedit"]
+    warnings = [r.getMessage() for r in caplog.records if "ddcm_input" in r.getMessage()]
+    assert len(warnings) == 1 and "codebook_sdedit" in warnings[0] and "not DDCM" in warnings[0]
+    assert "ddcm_input" not in V.VARIANTS and "ddcm_input" not in V.SWEEPS
+    assert [v.name for v in V.sweep(first[:1], {"refine_strength": [0.0, 0.5]})] == ["codebook_sdedit@0", "codebook_sdedit@0.5"]
+
+
+def test_full_size_unets_have_the_sizes_on_the_hub_cards():
+    """cvssp/audioldm2 and -music: a 350M UNet; -large: 750M (hub cards, rounded). Built on the meta
+    device: shapes only, no memory."""
+    from recon.diffusion import unet_config
+    from diffusers import AudioLDM2UNet2DConditionModel
+
+    def millions(checkpoint):
+        with torch.device("meta"):
+            unet = AudioLDM2UNet2DConditionModel(**unet_config("full", checkpoint))
+        return sum(p.numel() for p in unet.parameters()) / 1e6
+
+    base, music, large = millions("audioldm2"), millions("audioldm2-music"), millions("audioldm2-large")
+    assert base == music and 350 * 0.95 < base < 350 * 1.05
+    assert 750 * 0.9 < large < 750 * 1.05
+
+
+@pytest.mark.parametrize("checkpoint", ["audioldm2-music", "audioldm2-large"])
+def test_music_and_large_snapshots_load_and_code_like_the_base(checkpoint, tmp_path, monkeypatch):
+    """A snapshot in the hub layout with the checkpoint's UNet structure (tiny widths) loads through
+    the same loader as cvssp/audioldm2, as a folder and by its hub id from the local hub cache, keeps
+    that structure, and DDCM round-trips on it. A hub id with no snapshot says how to get that one."""
+    import huggingface_hub.constants
+
+    from recon.backbone import FrozenAudioLDM2
+    from recon.diffusion import CHECKPOINT_UNETS
+
+    # the local hub cache: models--cvssp--<name>/snapshots/<revision>, refs/main naming the revision
+    revision = "0" * 40
+    repo = tmp_path / "hub" / f"models--cvssp--{checkpoint}"
+    folder = make_tiny_pipeline_folder(repo / "snapshots" / revision, seed=1, checkpoint=checkpoint)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    by_id = load_diffusion_components(f"cvssp/{checkpoint}", local_files_only=True)
+    components = load_diffusion_components(str(folder), local_files_only=True)
+    assert by_id.source == f"cvssp/{checkpoint}"
+    assert all(torch.equal(a, b) for a, b in zip(by_id.unet.state_dict().values(), components.unet.state_dict().values()))
+    other = "audioldm2-large" if checkpoint == "audioldm2-music" else "audioldm2-music"
+    with pytest.raises(BackboneNotFoundError, match=f"huggingface-cli download cvssp/{other} "):
+        load_diffusion_components(f"cvssp/{other}", local_files_only=True)
+    shape = CHECKPOINT_UNETS[checkpoint]
+    unet = components.unet
+    assert unet.config.transformer_layers_per_block in (shape["transformer_layers_per_block"], [shape["transformer_layers_per_block"]] * 2)
+    block = unet.down_blocks[1]  # a cross-attention block: one attention per slot and per layer
+    assert len(block.attentions) == unet.config.layers_per_block * len(shape["slots"])
+    assert len(block.attentions[0].transformer_blocks) == shape["transformer_layers_per_block"]
+    assert not unet.training and not any(p.requires_grad for p in unet.parameters())
+    backbone = FrozenAudioLDM2.from_source(str(folder))  # the VAE and vocoder of the same snapshot
+    assert backbone.scaling_factor == components.scaling_factor
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(2))
+    denoiser = components.denoiser(PROMPT, guidance_scale=2.0)
+    indices, reconstruction = compress(denoiser, latent, 2, 4, 5)
+    assert torch.equal(decompress(denoiser, indices, 2, 4, 5, tuple(latent.shape)), reconstruction)

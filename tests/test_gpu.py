@@ -90,7 +90,7 @@ def test_compiled_networks_match_eager_on_cuda(tmp_path, inputs, tiny_pipeline, 
     """--compile (Inductor; reduce-overhead adds CUDA graphs) on every network, diffusion included:
     the outputs stay those of the eager run in log-mel terms, through shapes that change (tails)."""
     args = ["--ckpt", str(DEMO_CKPT), "--diffusion", str(tiny_pipeline), "--input", str(inputs), "--batch-size", "2",
-            "--variants", "vae_mode,vocoder_only,codebook_hard,ddcm_input", "--diffusion-steps", "3"]
+            "--variants", "vae_mode,vocoder_only,codebook_hard,codebook_sdedit", "--diffusion-steps", "3"]
     results = {}
     for name in ("off", mode):
         out = tmp_path / name

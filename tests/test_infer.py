@@ -127,14 +127,14 @@ def test_diffusion_variants_on_two_devices(tmp_path):
     out = tmp_path / "out"
     result = run_infer(
         ["--ckpt", str(DEMO_CKPT), "--diffusion", str(pipeline), "--input", str(tmp_path / "in"), "--output", str(out),
-         "--variants", "ddcm_input,ddcm_noise,text2audio", "--ddcm-steps", "4", "--ddcm-k", "16", "--diffusion-steps", "3",
+         "--variants", "codebook_sdedit,ddcm_noise,text2audio", "--ddcm-steps", "4", "--ddcm-k", "16", "--diffusion-steps", "3",
          "--wandb", "off", "--no-perceptual", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_csv(out / "metrics.csv")
     assert Counter((r["file"], r["variant"]) for r in rows) == Counter(
-        {(f"t{i}.wav", v): 1 for i in range(3) for v in ("ddcm_input", "ddcm_noise", "text2audio")}
+        {(f"t{i}.wav", v): 1 for i in range(3) for v in ("codebook_sdedit", "ddcm_noise", "text2audio")}
     )
     ddcm_bps = [float(r["bitrate_bps"]) for r in rows if r["variant"] == "ddcm_noise"]
     assert ddcm_bps == pytest.approx([3 * 4 / 10.24] * 3)  # (steps - 1) * log2 K bits per 10.24 s
@@ -144,7 +144,7 @@ def test_diffusion_variants_on_two_devices(tmp_path):
     assert summary["text2audio"]["is_reconstruction"] is False
     assert summary["text2audio"]["bitrate_label"] == "n/a (not a reconstruction)"
     assert summary["ddcm_noise"]["bitrate_label"] == "1.2 bps"
-    for variant in ("ddcm_input", "ddcm_noise", "text2audio"):
+    for variant in ("codebook_sdedit", "ddcm_noise", "text2audio"):
         assert sf.info(str(out / variant / "t2.wav")).frames == 3 * 16000
 
     # The .recn file alone (with the named pipeline) reproduces the written audio.
@@ -168,18 +168,18 @@ def test_parameter_sweeps_give_one_column_per_value(tmp_path, capsys):
     write_tone(tmp_path / "in" / "a.wav", 1.5, freq=330)
     out = tmp_path / "out"
     code, _ = main(["--ckpt", str(DEMO_CKPT), "--diffusion", str(pipeline), "--input", str(tmp_path / "in"), "--output", str(out),
-                    "--variants", "codebook_hard,ddcm_input,ddcm_noise", "--refine-strength", "0,0.5", "--diffusion-steps", "2",
+                    "--variants", "codebook_hard,codebook_sdedit,ddcm_noise", "--refine-strength", "0,0.5", "--diffusion-steps", "2",
                     "--ddcm-steps", "3,5", "--ddcm-k", "16", "--wandb", "off", "--no-perceptual", "--accelerator", "cpu"], capsys)
     assert code == 0
     rows = {r["variant"]: r for r in read_csv(out / "metrics.csv")}
-    assert set(rows) == {"codebook_hard", "ddcm_input@0", "ddcm_input@0.5", "ddcm_noise@T3-K16", "ddcm_noise@T5-K16"}
+    assert set(rows) == {"codebook_hard", "codebook_sdedit@0", "codebook_sdedit@0.5", "ddcm_noise@T3-K16", "ddcm_noise@T5-K16"}
     # Each point carries its own settings: DDCM's nominal rate is (steps - 1) log2 K per 10.24 s.
     assert float(rows["ddcm_noise@T3-K16"]["bitrate_bps"]) == pytest.approx(2 * 4 / 10.24)
     assert float(rows["ddcm_noise@T5-K16"]["bitrate_bps"]) == pytest.approx(4 * 4 / 10.24)
     # Strength 0 is the codebook alone; 0.5 is not.
     hard, _ = sf.read(str(out / "codebook_hard" / "a.wav"), dtype="float32")
-    zero, _ = sf.read(str(out / "ddcm_input@0" / "a.wav"), dtype="float32")
-    half, _ = sf.read(str(out / "ddcm_input@0.5" / "a.wav"), dtype="float32")
+    zero, _ = sf.read(str(out / "codebook_sdedit@0" / "a.wav"), dtype="float32")
+    half, _ = sf.read(str(out / "codebook_sdedit@0.5" / "a.wav"), dtype="float32")
     np.testing.assert_array_equal(zero, hard)
     assert np.abs(half - hard).max() > 0.1 * np.abs(hard).max()
     summary = json.loads((out / "summary.json").read_text())["variants"]

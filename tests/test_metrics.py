@@ -399,3 +399,125 @@ def test_bitrate_constants():
     assert M.bitrate_bps(math.log2(1024), 400) == 4000.0
     assert M.CODEBOOK_HARD_BPS == 4000.0
     assert M.bitrate_bps(8, 400) == 3200.0
+
+
+# --- the DDCM-on-AudioLDM2 workflow's metrics, each pinned to a computation written here ----------
+
+
+def _workflow_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two items that differ in content and level: loud noise, and a tone with a silent gap and a
+    quiet tail (its 80 dB floor is its own, far below item 0's). Estimates: a filtered, noisier,
+    time-shifted version of each."""
+    ref = torch.stack([noise(1.0, batch=1, seed=1)[0], tones([440.0, 2500.0], 1.0, [0.3, 0.05])])
+    ref[1, 4000:6000] = 0.0
+    ref[1, 12000:] *= 1e-3
+    est = torch.roll(ref, 37, dims=1) * torch.tensor([[0.7], [1.3]]) + 0.01 * noise(1.0, seed=2)
+    est[0] = torch.from_numpy(np.convolve(est[0].numpy(), np.ones(4) / 4, mode="same")).float()
+    return ref, est
+
+
+def _np_stft_mag(x: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
+    """|STFT| [freqs, frames] by hand: reflect-pad n_fft/2, periodic Hann, rfft per frame (float64)."""
+    x = np.pad(x.astype(np.float64), n_fft // 2, mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    frames = np.stack([x[i : i + n_fft] * window for i in range(0, x.size - n_fft + 1, hop)], axis=1)
+    return np.abs(np.fft.rfft(frames, axis=0))
+
+
+def _librosa_mel_db(x: np.ndarray) -> np.ndarray:
+    mel = librosa.feature.melspectrogram(
+        y=x.astype(np.float64), sr=SR, n_fft=1024, hop_length=256, window="hann", center=True, pad_mode="reflect",
+        power=2.0, n_mels=128, fmin=0.0, fmax=8000.0, htk=True, norm=None,
+    )  # fmt: skip
+    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0)
+
+
+def test_mel_db_mae_and_bands_match_librosa_and_torchaudio_per_item():
+    import torchaudio.transforms as T
+
+    ref, est = _workflow_pair()
+    mae, low, high = M.mel_db_mae(ref, est), *M.mel_db_mae_bands(ref, est)
+    # the workflow's own code, torchaudio, one signal at a time
+    mel = T.MelSpectrogram(sample_rate=SR, n_fft=1024, hop_length=256, win_length=1024, n_mels=128, f_min=0.0,
+                           f_max=8000.0, power=2.0, center=True, norm=None, mel_scale="htk")  # fmt: skip
+    to_db = T.AmplitudeToDB(stype="power", top_db=80.0)
+    for i in range(2):
+        expected = np.abs(_librosa_mel_db(ref[i].numpy()) - _librosa_mel_db(est[i].numpy()))
+        assert mae[i].item() == pytest.approx(expected.mean(), rel=2e-3)
+        assert low[i].item() == pytest.approx(expected[:42].mean(), rel=2e-3)
+        assert high[i].item() == pytest.approx(expected[42:].mean(), rel=2e-3)
+        theirs = (to_db(mel(ref[i])) - to_db(mel(est[i]))).abs()
+        assert mae[i].item() == pytest.approx(theirs.mean().item(), rel=1e-4)
+    # the 80 dB range is each item's own: item 1 (silent gap) sits at its floor 80 dB below its own
+    # peak, and the peaks differ, so one range for the batch would floor it elsewhere
+    db = M.mel_power_db(ref)
+    peaks, floors = db.amax(dim=(1, 2)), db.amin(dim=(1, 2))
+    assert floors[1].item() == pytest.approx(peaks[1].item() - 80.0, abs=1e-3) and abs(peaks[0] - peaks[1]) > 3.0
+
+
+def test_mel_db_mae_of_a_gain_is_its_size_in_db_and_a_lost_band_shows_in_its_band():
+    ref = noise(1.0)
+    for g in (0.5, 0.1):
+        assert torch.allclose(M.mel_db_mae(ref, g * ref), torch.full((2,), abs(20 * math.log10(g))), atol=1e-3)
+    spectrum = torch.fft.rfft(ref)
+    spectrum[:, torch.fft.rfftfreq(ref.shape[-1], 1 / SR) > 2000.0] = 0  # nothing above 2 kHz
+    low, high = M.mel_db_mae_bands(ref, torch.fft.irfft(spectrum, n=ref.shape[-1]))
+    assert (high > 10.0).all() and (low < 1.0).all()
+
+
+def test_stft_mag_mse_matches_a_hand_stft():
+    ref, est = _workflow_pair()
+    got = M.stft_mag_mse(ref, est)
+    for i in range(2):
+        expected = np.mean((_np_stft_mag(ref[i].numpy()) - _np_stft_mag(est[i].numpy())) ** 2)
+        assert got[i].item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_spectral_centroid_l1_matches_a_hand_centroid_and_a_tone_sits_at_its_frequency():
+    ref, est = _workflow_pair()
+    got = M.spectral_centroid_l1(ref, est)
+    freqs = np.arange(513) * SR / 1024
+
+    def centroid(x):
+        mag = _np_stft_mag(x)
+        return (freqs[:, None] * mag).sum(axis=0) / np.maximum(mag.sum(axis=0), 1e-9)
+
+    for i in range(2):
+        expected = np.abs(centroid(ref[i].numpy()) - centroid(est[i].numpy())).mean()
+        assert got[i].item() == pytest.approx(expected, rel=1e-3)
+    tone = tones([1000.0], 1.0)[None]
+    assert M.spectral_centroid_hz(tone)[0, 4:-4].mean().item() == pytest.approx(1000.0, rel=0.01)
+    assert M.spectral_centroid_l1(tone, tones([2000.0], 1.0)[None]).item() == pytest.approx(1000.0, rel=0.02)
+
+
+def test_waveform_correlation_matches_numpy_and_ignores_gain_and_offset():
+    ref, est = _workflow_pair()
+    got = M.waveform_correlation(ref, est)
+    for i in range(2):
+        assert got[i].item() == pytest.approx(np.corrcoef(ref[i].numpy(), est[i].numpy())[0, 1], abs=1e-5)
+    assert torch.allclose(M.waveform_correlation(ref, 3.0 * ref + 0.2), torch.ones(2), atol=1e-5)
+    assert torch.allclose(M.waveform_correlation(ref, -ref), -torch.ones(2), atol=1e-5)
+
+
+def test_envelope_rms_l1_matches_a_hand_envelope():
+    ref, est = _workflow_pair()
+    got = M.envelope_rms_l1(ref, est)
+
+    def rms(x):
+        n = 1 + (x.size - 1024) // 256
+        return np.array([np.sqrt(np.mean(x[i * 256 : i * 256 + 1024].astype(np.float64) ** 2) + 1e-12) for i in range(n)])
+
+    for i in range(2):
+        assert got[i].item() == pytest.approx(np.abs(rms(ref[i].numpy()) - rms(est[i].numpy())).mean(), rel=1e-4)
+    short = noise(0.03)  # 480 samples: one zero-padded frame
+    assert M.envelope_rms_l1(short, 0.5 * short).shape == (2,)
+
+
+def test_workflow_metrics_in_compute_all_batched_equal_alone(frontend):
+    ref, est = _workflow_pair()
+    together = M.compute_all(ref, est, frontend, include_perceptual=False)
+    assert set(M.WORKFLOW_METRICS) <= set(together)
+    for i in range(2):
+        alone = M.workflow_metrics(ref[i : i + 1], est[i : i + 1])
+        for name in M.WORKFLOW_METRICS:
+            assert together[name][i].item() == pytest.approx(alone[name][0].item(), rel=1e-4, abs=1e-6), name

@@ -108,7 +108,7 @@ def out_dir(tmp_path) -> Path:
 BIG_VARIANTS = [
     "vae_mode", "vae_sample", "vae_clamped", "vae_highfreq", "vae_mixed", "vocoder_only", "griffinlim",
     "codebook_hard", "codebook_soft", "codebook_rvq@1", "codebook_rvq@2", "codebook_rvq@3", "codebook_rvq@4",
-    "ddcm_input@0.2", "ddcm_input@0.5", "ddcm_noise@T3-K16", "ddcm_noise@T5-K16", "ddcm_noise@T10-K64",
+    "codebook_sdedit@0.2", "codebook_sdedit@0.5", "ddcm_noise@T3-K16", "ddcm_noise@T5-K16", "ddcm_noise@T10-K64",
     "ddcm_noise@T20-K256", "text2audio",
 ]  # fmt: skip
 
@@ -135,6 +135,9 @@ def make_big_out(root: Path, n_files: int = 50, seconds: float = 0.5, weights: s
                 "lsd_db": 65 + rng.normal(0, 5), "si_sdr_db": -29 + rng.normal(), "snr_db": rng.normal(0, 1e-5) if neural else 12.0,
                 "hf_retention": 2e-6 if neural else 0.8, "pesq_wb": "nan" if silent or no_speech else 2.1 + 0.01 * j,
                 "stoi": "nan" if silent else 0.9, "latent_snr_db": 10.0 + j if variant.startswith("codebook") else "",
+                "mel_db_mae": 30 + rng.normal(0, 3), "mel_db_mae_low": 25 + rng.normal(), "mel_db_mae_high": 33 + rng.normal(),
+                "stft_mag_mse": abs(rng.normal(2, 1)), "spectral_centroid_l1": 900 + rng.normal(0, 50),
+                "waveform_corr": rng.normal(0, 0.01), "envelope_rms_l1": 0.03 + abs(rng.normal(0, 0.01)),
                 "bitrate_bps": 4000 * (j % 4 + 1) if variant.startswith(("codebook_hard", "codebook_rvq", "ddcm")) else "",
                 "measured_bps": "", "notes": "clamped 3 values" if variant == "vae_clamped" else "",
             })  # fmt: skip
@@ -165,7 +168,7 @@ def make_big_out(root: Path, n_files: int = 50, seconds: float = 0.5, weights: s
         w = csv.writer(fh)
         w.writerow(["file", "variant", "reason"])
         w.writerow(["broken.wav", "", "unreadable: not an audio file"])
-        w.writerow([files[1], "ddcm_input@0.5", "RuntimeError: CUDA out of memory"])
+        w.writerow([files[1], "codebook_sdedit@0.5", "RuntimeError: CUDA out of memory"])
     return out
 
 
@@ -493,6 +496,10 @@ def test_log_to_wandb_offline(out_dir, wandb_env):
     assert all(r[-3:] == ["Audio", "Audio", "Image"] for f in FILES[:2] for r in by_file[f])
     assert all(r[-3:] == [None, None, None] for r in by_file[FILES[2]])
     assert len(tables["summary"]["data"]) == len(VARIANTS)
+    # the one codec variant (4 kbps nominal) is a point, alone on the front of each distortion
+    rate = tables["rate"]
+    assert rate["columns"] == ["variant", "bps", "measured", "log_mel_db", "pareto/log_mel_db"]
+    assert rate["data"] == [["codebook", 4000.0, False, 2.0, True]]
 
 
 def test_log_to_wandb_leaves_an_open_run_alone(out_dir, wandb_env):
@@ -581,3 +588,75 @@ def test_report_reads_at_laptop_width_in_headless_chromium(tmp_path):
     assert red.size > 5000 and red.min() < LAPTOP[1] / 4
     # the marked best cells (#d4edda) of the summary table are on screen too
     assert (np.abs(img - np.array([0xD4, 0xED, 0xDA])).max(axis=2) <= 3).sum() > 500
+
+
+# --- the evaluation view: rate against distortion, hardest files and their tags ---------------------
+
+from recon import evaluation as E  # noqa: E402
+
+
+def _row(file: str, **metrics) -> dict:
+    return {"file": file, "variant": "v", **metrics}
+
+
+def test_failure_tag_rules_on_crafted_rows():
+    base = dict(mel_db_mae=4.0, mel_db_mae_low=4.0, mel_db_mae_high=4.0, stft_mag_mse=1.0, envelope_rms_l1=0.01)
+    assert E.failure_tags(_row("a", **base)) == ["broadband"]
+    assert E.failure_tags(_row("a", **{**base, "envelope_rms_l1": 0.021})) == ["envelope drift", "broadband"]
+    assert E.failure_tags(_row("a", **{**base, "envelope_rms_l1": 0.02})) == ["broadband"]  # strictly above 0.02
+    assert E.failure_tags(_row("a", **{**base, "mel_db_mae_high": 5.01})) == ["high-band loss"]  # > 1.25 x 4
+    assert E.failure_tags(_row("a", **{**base, "mel_db_mae_high": 5.0})) == ["broadband"]
+    assert E.failure_tags(_row("a", **{**base, "mel_db_mae_low": 5.01})) == ["low-band loss"]
+    assert E.failure_tags(_row("a", mel_db_mae_low=float("nan"), mel_db_mae_high=9.0)) == []  # a rule without its metrics is silent
+    # mel vs STFT: ranks among the variant's files; e is worst by mel and best by STFT
+    rows = [_row(f, **{**base, "mel_db_mae": m, "stft_mag_mse": st}) for f, m, st in
+            [("a", 1.0, 2.0), ("b", 2.0, 3.0), ("c", 3.0, 4.0), ("d", 4.0, 5.0), ("e", 5.0, 1.0)]]  # fmt: skip
+    assert "mel vs STFT" in E.failure_tags(rows[4], rows)
+    assert all("mel vs STFT" not in E.failure_tags(r, rows) for r in rows[:4])  # each one rank apart: 0.25 < 0.5
+    three = [_row(f, mel_db_mae=m, stft_mag_mse=st) for f, m, st in [("a", 1.0, 3.0), ("b", 2.0, 2.0), ("c", 3.0, 1.0)]]
+    assert all(E.failure_tags(r, three) == [] for r in three)  # opposite orders, but 3 files are too few to rank
+    metric, hardest = E.hardest_files(rows, "v", count=2)
+    assert metric == "mel_db_mae" and [r["file"] for r, _ in hardest] == ["e", "d"]
+    assert "mel vs STFT" in hardest[0][1]
+
+
+def test_pareto_front_and_rate_points():
+    P = E.RatePoint
+    pts = [P("a", 1000, True, 5.0), P("b", 2000, True, 4.0), P("c", 2000, True, 4.5), P("d", 4000, True, 4.0), P("e", 500, False, 9.0)]
+    assert E.pareto_front(pts) == {"a", "b", "e"}  # c: b is as cheap and better; d: b is cheaper and as good
+    higher = [P("x", 1000, True, 3.0), P("y", 2000, True, 2.0), P("z", 3000, True, 4.0)]
+    assert E.pareto_front(higher, better="higher") == {"x", "z"}
+    summary = {"variants": {
+        "vae_mode": {"is_reconstruction": True, "bitrate_bps": None, "mean": {"log_mel_db": 1.0}},
+        "codebook_hard": {"is_reconstruction": True, "bitrate_bps": 4000.0, "measured_bps": 3890.0, "mean": {"log_mel_db": 2.0}},
+        "ddcm_noise@T5-K16": {"is_reconstruction": True, "bitrate_bps": 1.5, "mean": {"log_mel_db": 9.0}},
+        "text2audio": {"is_reconstruction": False, "bitrate_bps": None, "mean": {"log_mel_db": 30.0}},
+    }}  # fmt: skip
+    points, left_out = E.rate_points(summary, "log_mel_db")
+    assert {p.variant: (p.bps, p.measured) for p in points} == {"codebook_hard": (3890.0, True), "ddcm_noise@T5-K16": (1.5, False)}
+    assert left_out == {"vae_mode": "no bitrate (not a codec)", "text2audio": "not a reconstruction"}
+
+
+def test_report_shows_rate_distortion_with_front_and_tagged_hardest_files(tmp_path):
+    out = make_big_out(tmp_path, n_files=6)
+    summary = json.loads((out / "summary.json").read_text())
+    text = write_html_report(out, max_files=0).read_text(encoding="utf-8")
+    # one plot per distortion present: log-mel and mel_db_mae; one dot per codec variant in each
+    svgs = re.findall(r"<svg class=rd.*?</svg>", text, flags=re.S)
+    codecs = [v for v, d in summary["variants"].items() if d["bitrate_bps"]]
+    assert len(svgs) == 2 and all(svg.count("<circle") == len(codecs) for svg in svgs)
+    _, table = _table(text, "rate-table")
+    assert set(table) == set(codecs)
+    for metric, header in (("log_mel_db", "log-mel dB ↓"), ("mel_db_mae", "mel dB MAE dB ↓")):
+        points, _ = E.rate_points(summary, metric)
+        front = E.pareto_front(points)
+        assert front and {v for v, row in table.items() if "★" in row[header]["text"]} == front
+    left = re.search(r"Not plotted, no bitrate \(not a codec\): ([^<]*)\.</p>", text).group(1).split(", ")
+    assert "vae_mode" in left and "codebook_soft" in left and "codebook_hard" not in left
+    assert "Not plotted, not a reconstruction: text2audio" in text
+    # hardest files: every reconstruction, with tags; the rules are stated on the page
+    _, hardest = _table(text, "hardest-table")
+    assert "text2audio" not in hardest and "codebook_hard" in hardest
+    assert "envelope drift" in hardest["codebook_hard"]["files"]["text"]  # every made-up row drifts (> 0.03)
+    for tag, rule in E.TAG_RULES.items():
+        assert html.escape(rule, quote=True) in text

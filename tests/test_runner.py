@@ -66,7 +66,9 @@ def test_predict_step_hands_the_writer_host_data_only(models, inputs, single_thr
         assert result.input_wav.dtype == np.float32
         for entry in result.variants:
             assert entry.error is None and entry.wav.shape == result.input_wav.shape
-            assert set(entry.metrics) == {"log_mel_db", "mel_multiscale", "mr_stft", "lsd_db", "si_sdr_db", "snr_db", "hf_retention"}
+            assert set(entry.metrics) == {"log_mel_db", "mel_multiscale", "mr_stft", "lsd_db", "si_sdr_db", "snr_db", "hf_retention",
+                                          "mel_db_mae", "mel_db_mae_low", "mel_db_mae_high", "stft_mag_mse",
+                                          "spectral_centroid_l1", "waveform_corr", "envelope_rms_l1"}  # fmt: skip
 
 
 def test_writer_refuses_device_tensors(tmp_path):
