@@ -38,7 +38,8 @@ from recon.report import write_html_report  # noqa: E402
 from recon.inputs import InferenceFiles, collate_files  # noqa: E402
 from recon.predict import VariantRunner  # noqa: E402
 from recon.records import RunInfo  # noqa: E402
-from recon.variants import VARIANTS, Models, VariantSettings, resolve, sweep  # noqa: E402
+from recon.metrics import PERCEPTUAL_METRICS, VISQOL_METRICS  # noqa: E402
+from recon.variants import VARIANTS, Models, VariantSettings, opus_level, resolve, sweep  # noqa: E402
 from recon.writer import ResultWriter  # noqa: E402
 from recon.wandb_table import log_to_wandb  # noqa: E402
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     variant_help = "; ".join(f"{v.name}: {v.description}" for v in VARIANTS.values())
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, exit_on_error=False)
+    d = VariantSettings()
     p.add_argument("--ckpt", help="trained codebook checkpoint (train.py); without it the codebook variants are skipped")
     p.add_argument("--input", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
     p.add_argument("--output", default="outputs/recon", help="output folder (default: %(default)s)")
@@ -85,11 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
     p.add_argument("--rvq-stages", type=number_list(int), metavar="N[,N...]",
                    help="codebook_rvq: residual stage counts to run, one codebook_rvq@N column each (default: every prefix of the checkpoint's ladder)")
+    p.add_argument("--opus-kbps", type=number_list(float), default=[d.opus_kbps], metavar="R[,R...]",
+                   help=f"opus baseline: target rates in kb/s (6 to 256, libsndfile's encoder); several values give one opus@<R>k column each, reported at the rate measured from the written streams (default: {d.opus_kbps:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
     p.add_argument("--griffinlim-iters", type=int, default=64, help="Griffin-Lim iterations of the griffinlim baseline")
     p.add_argument("--overwrite", action="store_true", help="remove what the previous run in --output wrote (listed in its .recon-manifest.json), then write; other files there stay")
     p.add_argument("--verbose", action="store_true", help="also print Lightning's info messages and the library warnings recon hides")
-    d = VariantSettings()
     g = p.add_argument_group("diffusion variants")
     g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps, help="DDIM steps of ddcm_input's refinement and of text2audio (default: %(default)s)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
@@ -106,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project", default="recon", help="W&B project of the run (default: %(default)s)")
     p.add_argument("--report-max-files", type=int, default=12, help="files with audio players in report.html and W&B")
     p.add_argument("--report-embed", action="store_true", help="embed the audio in report.html (compressed) so the page works on its own; default: link the wavs in OUT/")
-    p.add_argument("--no-perceptual", action="store_true", help="skip PESQ and STOI (slow, meaningful for speech)")
+    p.add_argument("--no-perceptual", action="store_true", help="skip PESQ, STOI and ViSQOL (slow, on the CPU)")
+    p.add_argument("--no-visqol", action="store_true", help="skip ViSQOL only (its audio and speech modes take about 3 s per 10 s clip and variant on one CPU core; see the README)")
     return p
 
 
@@ -119,6 +123,13 @@ def number_list(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected one {kind.__name__} value or comma-separated {kind.__name__} values, got {text!r}") from None
     return parse
+
+
+def perceptual_metrics(args: argparse.Namespace) -> tuple[str, ...]:
+    """The perceptual metrics the writer computes: all of them, none, or all but ViSQOL."""
+    if args.no_perceptual:
+        return ()
+    return tuple(m for m in PERCEPTUAL_METRICS if not (args.no_visqol and m in VISQOL_METRICS))
 
 
 def is_launching_process(trainer: L.Trainer) -> bool:
@@ -199,7 +210,13 @@ def run(args: argparse.Namespace) -> int:
     rvq_stages = args.rvq_stages or list(range(1, stages + 1))
     if any(not 1 <= n <= stages for n in rvq_stages) and stages:
         raise UsageError(f"--rvq-stages {rvq_stages}: the checkpoint's codebook has {stages} stage(s)")
-    sweeps = {"refine_strength": args.refine_strength, "ddcm_steps": args.ddcm_steps, "ddcm_k": args.ddcm_k, "rvq_stages": rvq_stages}
+    for kbps in args.opus_kbps:
+        try:
+            opus_level(kbps)
+        except ValueError as err:
+            raise UsageError(f"--opus-kbps: {err}") from None
+    sweeps = {"refine_strength": args.refine_strength, "ddcm_steps": args.ddcm_steps, "ddcm_k": args.ddcm_k, "rvq_stages": rvq_stages,
+              "opus_kbps": args.opus_kbps}
     variants = sweep(resolve(args.variants, available), sweeps)
     dataset = InferenceFiles(args.input, models.backbone.spec)
     if len(dataset) == 0:
@@ -215,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         ddcm_steps=args.ddcm_steps[0],
         ddcm_k=args.ddcm_k[0],
+        opus_kbps=args.opus_kbps[0],
     )
     if models.diffusion is not None:
         # Prompt embeddings once, on the CPU where the text encoders stay, before the UNet moves.
@@ -226,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     run_settings["backbone_source"] = models.backbone.source
     run_settings["backbone_weights"] = describe_weights(models.backbone.source)
     info = RunInfo(variants, run_settings, settings, started_at=STARTED_AT, extra_outputs=("wandb/",) if args.wandb != "off" else ())
-    writer = ResultWriter(out, info, models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite)
+    writer = ResultWriter(out, info, models.backbone.spec, perceptual=perceptual_metrics(args), overwrite=args.overwrite)
     trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):
         raise UsageError(f"{len(dataset)} input file(s) for {trainer.world_size} processes: use at most {len(dataset)} devices")

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -52,13 +53,14 @@ class ResultWriter(BasePredictionWriter):
     of predict, on every rank together.
     """
 
-    def __init__(self, out_dir: str | Path, info: RunInfo, spec: AudioSpec = AudioSpec(), perceptual: bool = True,
+    def __init__(self, out_dir: str | Path, info: RunInfo, spec: AudioSpec = AudioSpec(), perceptual: bool | Sequence[str] = True,
                  overwrite: bool = False, queue_batches: int = 4, perceptual_workers: int | None = None):
         super().__init__(write_interval="batch")
         self.out = Path(out_dir)
         self.info = info
         self.spec = spec
-        self.perceptual = perceptual
+        # True: every metric of M.PERCEPTUAL_METRICS; or the names of those to compute.
+        self.perceptual = tuple(M.PERCEPTUAL_METRICS if perceptual is True else perceptual or ())
         self.overwrite = overwrite
         self.queue_batches = queue_batches
         # PESQ and STOI hold the GIL for seconds per file. With the model on an accelerator they run
@@ -232,9 +234,9 @@ class ResultWriter(BasePredictionWriter):
         if self.perceptual:
             label = f"{result.relpath} [{out.variant}]"
             if self._pool is not None:
-                self._pending.append((row, self._pool.submit(M.perceptual_scores, result.input_wav, out.wav, label)))
+                self._pending.append((row, self._pool.submit(M.perceptual_scores, result.input_wav, out.wav, label, self.perceptual)))
             else:
-                row.update(M.perceptual_scores(result.input_wav, out.wav, label))
+                row.update(M.perceptual_scores(result.input_wav, out.wav, label, self.perceptual))
         return row
 
     def on_predict_end(self, trainer, pl_module) -> None:
