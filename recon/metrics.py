@@ -506,8 +506,9 @@ def workflow_metrics(reference: Tensor, estimate: Tensor) -> dict[str, Tensor]:
 #
 # PESQ and STOI are speech measures that normalise level: PESQ aligns both signals to one level,
 # STOI normalises each short-time envelope, ViSQOL scales the estimate to the reference's sound
-# pressure level. So a near-silent output of the right shape scores as well as a loud one (a random-weight vocoder's output 68 dB below its input got PESQ 4.32, STOI
-# 0.52). recon calls them undefined rather than report such numbers:
+# pressure level. So a near-silent output of the right shape scores as well as a loud one (a
+# random-weight vocoder's output 68 dB below its input got PESQ 4.32, STOI 0.52). recon calls them
+# undefined rather than report such numbers:
 #
 # * input contains NaN or infinite samples, or the reference is silent;
 # * the reference is shorter than the measure needs (PESQ 0.25 s, STOI 30 frames = 0.41 s, ViSQOL 1 s);
