@@ -365,9 +365,9 @@ def build_parser(for_info: bool = False) -> argparse.ArgumentParser:
     dec.add_argument("--format", choices=tuple(OUTPUT_FORMATS), default="wav16",
                      help="wav16 / wav24: 16- / 24-bit PCM wav (samples beyond full scale are clipped); float: 32-bit float wav; "
                           "flac: 16-bit FLAC (default: %(default)s)")
-    dec.add_argument("--sample-rate", default="original", type=_output_rate, metavar="original|HZ",
-                     help="original: the encoded file's own rate, resampled from the model's 16000 Hz (16000 Hz for files that "
-                          "predate recording it); or a rate in Hz, e.g. 16000 (default: %(default)s)")
+    dec.add_argument("--sample-rate", default="16000", type=_output_rate, metavar="original|HZ",
+                     help="a rate in Hz (default: %(default)s, the model's), or original: the encoded file's own rate, resampled "
+                          "with torchaudio's resampler (16000 Hz for files that predate recording it)")
     model_options(dec)
     inf = sub.add_parser("info", help="print the header, size and measured bitrate of .recn files")
     inf.add_argument("inputs", nargs="+", metavar="FILE", help=".recn files and/or folders (searched recursively)")

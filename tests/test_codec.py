@@ -449,23 +449,23 @@ def test_decoded_files_keep_the_inputs_rate_in_the_format_asked(tmp_path, capsys
     # A file written before recon recorded the input's format decodes at 16 kHz.
     legacy = {k: v for k, v in new.header.items() if k not in INPUT_FORMAT}
     (coded / "legacy.recn").write_bytes(dumps(Container(legacy, new.payload)))
-    runs = {"default": [], "float": ["--format", "float", "--sample-rate", "16000"], "flac": ["--format", "flac"]}
+    runs = {"default": [], "float": ["--format", "float"], "original": ["--format", "flac", "--sample-rate", "original"]}
     for name, options in runs.items():
         assert cli.main(["decode", str(coded), "--out", str(tmp_path / name), *common, *options]) == 0
-    expected = {("default", "stereo.wav"): (44100, "PCM_16"), ("default", "legacy.wav"): (16000, "PCM_16"),
-                ("float", "stereo.wav"): (16000, "FLOAT"), ("flac", "stereo.flac"): (44100, "PCM_16")}
+    expected = {("default", "stereo.wav"): (16000, "PCM_16"), ("float", "stereo.wav"): (16000, "FLOAT"),
+                ("original", "stereo.flac"): (44100, "PCM_16"), ("original", "legacy.flac"): (16000, "PCM_16")}
     for (name, file), (rate, subtype) in expected.items():
         info = sf.info(str(tmp_path / name / file))
         assert (info.samplerate, info.subtype, info.channels, info.frames) == (rate, subtype, 1, rate)
-    pcm, _ = sf.read(str(tmp_path / "default" / "stereo.wav"), dtype="int16")
-    flac, _ = sf.read(str(tmp_path / "flac" / "stereo.flac"), dtype="int16")
-    assert np.abs(flac.astype(np.int32) - pcm).max() <= 1  # libsndfile rounds to FLAC's 16 bits its own way
+    exact, _ = sf.read(str(tmp_path / "float" / "stereo.wav"), dtype="float32")
+    pcm, _ = sf.read(str(tmp_path / "default" / "stereo.wav"), dtype="float32")
+    assert np.abs(pcm - exact).max() <= 1 / 32768 and np.abs(exact).max() > 0
     # Back at 44.1 kHz by torchaudio's resampler: the 16 kHz decoding, resampled, to one 16-bit step.
     import torchaudio.functional as AF
 
-    exact, _ = sf.read(str(tmp_path / "float" / "stereo.wav"), dtype="float32")
+    original, _ = sf.read(str(tmp_path / "original" / "stereo.flac"), dtype="float32")
     reference = AF.resample(torch.from_numpy(exact), orig_freq=16000, new_freq=44100).numpy()
-    assert np.abs(pcm / 32768 - reference).max() <= 1 / 32768 and np.abs(exact).max() > 0
+    assert np.abs(original - reference).max() <= 1 / 32768
     capsys.readouterr()
     assert cli.main(["info", str(coded / "legacy.recn")]) == 0
     assert json.loads(capsys.readouterr().out)["input_sample_rate"] == 16000
