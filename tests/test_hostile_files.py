@@ -170,3 +170,31 @@ def test_refusing_a_hostile_file_allocates_little(hostile, models):
         finally:
             tracemalloc.stop()
         assert peak - len(data) < 2 << 20, f"{name}: {peak} bytes"
+
+
+def test_an_unexpected_failure_costs_one_line_and_an_interrupt_still_stops(good, ranged_ckpt, tmp_path, monkeypatch, capsys):
+    import recon.codec
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.recn").write_bytes(good["fixed"])
+    decode = recon.codec.decode_container
+
+    def failing(container, *args, path="", **kwargs):
+        if path == "a.recn":
+            raise RuntimeError("out of memory\nwhile decoding")
+        return decode(container, *args, path=path, **kwargs)
+
+    monkeypatch.setattr(recon.codec, "decode_container", failing)
+    common = ["--ckpt", str(ranged_ckpt), "--device", "cpu", "--quiet"]
+    assert cli.main(["decode", str(folder), "--out", str(tmp_path / "out"), *common]) == 1
+    assert _error_lines(capsys.readouterr().err) == {"a": "error: a.recn: RuntimeError: out of memory while decoding"}
+    assert (tmp_path / "out" / "b.wav").exists()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recon.codec, "decode_container", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["decode", str(folder), "--out", str(tmp_path / "again"), *common])
