@@ -1,7 +1,8 @@
 """Files: which inputs a run reads, and each one as a normalised waveform (or the reason it failed).
 
-The one walker of input folders lives here: ``infer.py``, ``recon encode``/``decode`` and the
-training data all list their files with :func:`find_files`, in the same deterministic order.
+The one walker of input folders is :mod:`recon.folders` (re-exported here): ``infer.py``, ``recon
+encode``/``decode``/``info`` and the training data all list their files with :func:`find_files`,
+in the same deterministic order.
 """
 
 from __future__ import annotations
@@ -11,38 +12,10 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .audio import AudioLoadError, AudioSpec, load_audio, normalisation_gain, normalise
+from .folders import AUDIO_EXTENSIONS, find_audio_files, find_files  # noqa: F401 (re-exported)
 from .outputs import describe_error
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".m4a")
 MIN_SECONDS = 0.1
-
-
-def find_audio_files(root: str | Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Files under ``root`` (recursive) whose suffix is one of ``extensions``, or ``[root]`` for a
-    single file, in a deterministic (sorted) order."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"no such file or folder: {root}")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-
-
-def find_files(entries: list[str | Path], extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[tuple[Path, str]]:
-    """(path, name relative to its folder argument) of every file the command-line ``entries`` name.
-
-    A folder contributes its files with ``extensions`` (recursively, names relative to the folder);
-    a file contributes itself under its own name.
-    """
-    found: list[tuple[Path, str]] = []
-    for entry in map(Path, entries):
-        if entry.is_dir():
-            found += [(p, p.relative_to(entry).as_posix()) for p in find_audio_files(entry, extensions)]
-        elif entry.is_file():
-            found.append((entry, entry.name))
-        else:
-            raise FileNotFoundError(f"no such file or folder: {entry}")
-    return found
 
 
 def output_relpath(relpath: str) -> str:

@@ -164,7 +164,7 @@ def test_ddcm_file_written_on_cuda_decodes_on_any_device(tmp_path, inputs, tiny_
     assert run_infer(["--backbone", "random:tiny", "--diffusion", str(tiny_pipeline), "--input", str(inputs), "--output", str(out),
                       "--variants", "ddcm_noise", "--ddcm-steps", "6", "--ddcm-k", "64"]) == 0
     assert cli.main(["decode", str(out / "ddcm_noise"), "--diffusion", str(tiny_pipeline), "--device", decode_device,
-                     "--out", str(decoded), "--normalised", "--quiet"]) == 0
+                     "--out", str(decoded), "--normalised", "--format", "float", "--quiet"]) == 0
     for name in ("short", "long", "stereo_44k"):
         written, _ = sf.read(str(out / "ddcm_noise" / f"{name}.wav"), dtype="float32")
         wav, _ = sf.read(str(decoded / f"{name}.wav"), dtype="float32")
