@@ -224,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
         **{f"ddcm_{name}": getattr(args, f"ddcm_{name}")[0] for name in DDCM_FLAGS},
     )
     for variant in variants:
-        if variant.name.split("@")[0] == "ddcm_noise":
-            variant.settings(settings).ddcm_options  # every point's options are valid, before any model runs
+        if variant.name.split("@")[0] == "ddcm_noise":  # every point's options are valid, before any model runs
+            variant.settings(settings).ddcm_options.check_schedule(models.diffusion.schedule.num_train_timesteps)
     if models.diffusion is not None:
         # Prompt embeddings once, on the CPU where the text encoders stay, before the UNet moves.
         for variant in variants:

@@ -369,10 +369,10 @@ FLAGS: dict[str, tuple[str, object, str, str, str]] = {
 }
 
 
-def format_value(value) -> str:
-    """A sweep column's rendering of an option value (``t_range`` as ``T0_T1``, None as ``off``)."""
+def format_value(value, name: str = "") -> str:
+    """A sweep column's rendering of an option value (``t_range`` as ``T0_T1`` or ``all``, None as ``off``)."""
     if value is None:
-        return "off"
+        return "all" if name == "t_range" else "off"
     if isinstance(value, tuple):
         return "_".join(str(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -382,7 +382,7 @@ def add_arguments(group, defaults: DDCMOptions = PLAIN, many: bool = False, list
     """One flag per option on an argparse group; ``many``: comma-separated lists (a sweep), via ``list_type``."""
     for name, (flag, parse, metavar, help_text, _) in FLAGS.items():
         default = getattr(defaults, name)
-        shown = format_value(default) if name != "t_range" or default is not None else "all"
+        shown = format_value(default, name)
         if many:
             group.add_argument(flag, type=list_type(parse), default=[default], metavar=f"{metavar}[,{metavar}...]",
                                help=f"{help_text}; several values give one ddcm_noise column each (default: {shown})")

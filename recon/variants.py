@@ -504,7 +504,7 @@ def ddcm_point_label(point: dict, varied: set[str]) -> str:
     (tags: recon.ddcm_options.FLAGS, e.g. ``ddcm_noise@T50-K1024-P2-CB4``)."""
     from .ddcm_options import FLAGS, format_value
 
-    tags = [f"{FLAGS[name][4]}{format_value(point[f'ddcm_{name}'])}" for name in DDCM_OPTION_NAMES if f"ddcm_{name}" in varied]
+    tags = [f"{FLAGS[name][4]}{format_value(point[f'ddcm_{name}'], name)}" for name in DDCM_OPTION_NAMES if f"ddcm_{name}" in varied]
     return "-".join([f"T{point['ddcm_steps']}", f"K{point['ddcm_k']}", *tags])
 
 

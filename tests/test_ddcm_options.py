@@ -258,3 +258,54 @@ def test_every_option_round_trips_from_the_file_alone(tiny, name):
         assert bits == 2 * nominal
     alone, _ = compress(denoiser, x0[1:], 8, 16, SEED, options)
     assert torch.equal(alone, codes[1:])
+
+
+def test_sweep_columns_are_named_by_what_varies_and_carry_their_own_bitrate():
+    from recon.variants import VARIANTS, VariantSettings, sweep
+
+    points = sweep([VARIANTS["ddcm_noise"]], {"ddcm_steps": [11], "ddcm_k": [16], "ddcm_atoms": [1, 2], "ddcm_level_bits": [3],
+                                              "ddcm_t_range": [None, (900, 0)]})
+    names = [v.name for v in points]
+    assert names == ["ddcm_noise@T11-K16-P1-tall", "ddcm_noise@T11-K16-P1-t900_0", "ddcm_noise@T11-K16-P2-tall", "ddcm_noise@T11-K16-P2-t900_0"]
+    rates = {v.name: v.bitrate(VariantSettings()) * 10.24 for v in points}
+    # AudioLDM2's 11 leading steps are 901, 811, ..., 1: ten noisy steps, nine of them at t <= 900.
+    assert rates["ddcm_noise@T11-K16-P1-tall"] == pytest.approx(10 * 4)
+    assert rates["ddcm_noise@T11-K16-P1-t900_0"] == pytest.approx(9 * 4)
+    assert rates["ddcm_noise@T11-K16-P2-tall"] == pytest.approx(10 * (2 * 4 + 3))
+
+
+def test_infer_sweeps_an_option_and_recon_decodes_each_file_with_no_flags(tmp_path, capsys):
+    import infer
+    import soundfile as sf
+
+    from recon import cli
+    from tests.conftest import write_tone
+
+    write_tone(tmp_path / "in" / "a.wav", 1.0)
+    out = tmp_path / "out"
+    assert infer.main(["--backbone", "random:tiny", "--diffusion", "random:tiny", "--input", str(tmp_path / "in"), "--output", str(out),
+                       "--variants", "ddcm_noise", "--ddcm-steps", "5", "--ddcm-k", "16", "--ddcm-atoms", "1,2", "--ddcm-level-bits", "3",
+                       "--ddcm-eta-late", "0.5", "--ddcm-eta-switch", "500", "--seed", "2", "--batch-size", "1", "--wandb", "off",
+                       "--no-perceptual", "--accelerator", "cpu"]) == 0
+    import csv
+
+    rows = {r["variant"]: r for r in csv.DictReader(open(out / "metrics.csv"))}
+    assert set(rows) == {"ddcm_noise@T5-K16-P1", "ddcm_noise@T5-K16-P2"}
+    assert float(rows["ddcm_noise@T5-K16-P1"]["bitrate_bps"]) == pytest.approx(4 * 4 / 10.24)
+    assert float(rows["ddcm_noise@T5-K16-P2"]["bitrate_bps"]) == pytest.approx(4 * (2 * 4 + 3) / 10.24)
+    # Each file decodes with the models alone: its options come from its header.
+    from recon.backbone import FrozenAudioLDM2
+    from recon.codec import decode_container
+    from recon.container import loads
+    from recon.diffusion import load_diffusion_components
+
+    diffusion = load_diffusion_components("random:tiny")
+    backbone = FrozenAudioLDM2(diffusion.pipe.vae, diffusion.pipe.vocoder, source="random:tiny")
+    for name in rows:
+        container = loads((out / name / "a.recn").read_bytes())
+        assert container.header.get("ddcm") == {"eta_late": 0.5, "eta_switch": 500, **({"atoms": 2, "level_bits": 3} if name.endswith("P2") else {})}
+        written, _ = sf.read(str(out / name / "a.wav"), dtype="float32")
+        np.testing.assert_allclose(decode_container(container, backbone, diffusion=diffusion).numpy(), written, atol=1e-4)
+    code = cli.main(["encode", str(tmp_path / "in"), "--codec", "ddcm", "--diffusion", "random:tiny", "--device", "cpu",
+                     "--out", str(tmp_path / "bad"), "--ddcm-eta-late", "0.3", "--quiet"])
+    assert code == 2 and "error: DDCM options: eta_late and eta_switch go together" in capsys.readouterr().err
