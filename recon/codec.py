@@ -298,7 +298,7 @@ def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, s
         raise ValueError(f"segments {segments} are not the layout {layout} of {num_samples} samples")
     steps, K, options = settings.ddcm_steps, settings.ddcm_k, settings.ddcm_options
     sizes = coded_sizes(diffusion.schedule, steps, K, options)
-    shape = (len(sizes),) + ((2 * options.atoms - 1,) if options.atoms > 1 else ())
+    shape = (len(sizes),) + ((options.code_width,) if options.code_width > 1 else ())
     if any(tuple(c.shape) != shape for c in codes):
         raise ValueError(f"DDCM codes must be {list(shape)} per segment, got {[tuple(c.shape) for c in codes]}")
     header = {
@@ -342,7 +342,7 @@ def ddcm_latents(container: Container, backbone, diffusion, batch_size: int = 4)
     steps, K = header["steps"], header["K"]
     sizes = coded_sizes(diffusion.schedule, steps, K, options)
     codes = torch.from_numpy(unpack_codes(container.payload, len(segments), sizes, options))
-    if options.atoms == 1:
+    if options.code_width == 1:
         codes = codes[..., 0]
     denoiser = diffusion.denoiser(header["prompt"], header["guidance_scale"])
     latents: list[Tensor | None] = [None] * len(segments)

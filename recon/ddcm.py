@@ -452,6 +452,12 @@ def mix_atoms(noise: Tensor, atom: Tensor, sqrt_c: Tensor, sqrt_rest: Tensor) ->
 
 def atoms_noise(codebook: StepCodebook, codes: Tensor, options: DDCMOptions) -> Tensor:
     """The noise ``[B, dim]`` that codes ``[B, 2P - 1]`` (``k_1, j_2, k_2, ...``) stand for: the decoder's definition."""
+    if options.turbo:
+        M, batch = options.turbo, codes.shape[0]
+        rows = codebook.rows(codes[:, :M].reshape(-1)).reshape(batch, M, codebook.dim)
+        signed = (1 - 2 * codes[:, M:].to(rows.device)).float()[..., None] * rows
+        noise = signed.sum(dim=1)
+        return noise / noise.std(dim=1, keepdim=True).clamp_min(1e-6)
     noise = codebook.rows(codes[:, 0])
     if options.atoms == 1:
         return noise
@@ -473,6 +479,8 @@ def _choose_atoms(step: CodedStep, target: Tensor, options: DDCMOptions, lookahe
     batch, dim, P = residual.shape[0], residual.shape[1], options.atoms
     passes = _CodebookPasses(step.codebook, P)
     dots, squares, sums = passes.first(residual)
+    if options.turbo:
+        return _turbo_atoms(dots, options.turbo)
     scorer = _Scorer(step.plan.score, options.blend_lambda, residual.norm(dim=1), dots, squares)
     scores = scorer(dots, squares)
     codes = torch.zeros(batch, 2 * P - 1, dtype=torch.long, device=residual.device)
@@ -507,6 +515,13 @@ def _choose_atoms(step: CodedStep, target: Tensor, options: DDCMOptions, lookahe
         best = torch.where(active[:, None], mixed_best, best)
         best_score = torch.where(active, flat_score, best_score)
     return codes
+
+
+def _turbo_atoms(dots: Tensor, M: int) -> Tensor:
+    """Turbo-DDCM's closed form: the M candidates of largest ``|<C_k, r>|`` (ties: lowest k), in increasing
+    order, each signed as its inner product; codes ``[B, 2M]`` = indices, then sign bits (1: negated)."""
+    top = torch.sort(dots.abs(), dim=1, descending=True, stable=True).indices[:, :M].sort(dim=1).values
+    return torch.cat([top, (dots.gather(1, top) < 0).long()], dim=1)
 
 
 def _latent_error(target: Tensor) -> RerankError:
@@ -555,9 +570,9 @@ def compress(denoiser: Denoiser, x0: Tensor, steps: int, K: int, seed: int, opti
         return atoms_noise(step.codebook, codes, options)
 
     reconstruction = ddcm_sample(denoiser, tuple(x0.shape), steps, K, seed, x0.device, choose, options)
-    width = 2 * options.atoms - 1
+    width = options.code_width
     codes = torch.stack(chosen, dim=1) if chosen else torch.zeros(x0.shape[0], 0, width, dtype=torch.long, device=x0.device)
-    return (codes[..., 0] if options.atoms == 1 else codes), reconstruction
+    return (codes[..., 0] if width == 1 else codes), reconstruction
 
 
 def decompress(denoiser: Denoiser, codes: Tensor, steps: int, K: int, seed: int, shape, device: str | torch.device = "cpu",
@@ -565,12 +580,17 @@ def decompress(denoiser: Denoiser, codes: Tensor, steps: int, K: int, seed: int,
     """Replay the sampler with stored ``codes`` (as :func:`compress` returns them); ``shape`` is the full ``[B, ...]``."""
     shape = tuple(int(s) for s in shape)
     sizes = coded_sizes(denoiser.schedule, steps, K, options)
-    width = 2 * options.atoms - 1
-    expected = (shape[0], len(sizes)) + ((width,) if options.atoms > 1 else ())
+    width = options.code_width
+    expected = (shape[0], len(sizes)) + ((width,) if width > 1 else ())
     if tuple(codes.shape) != expected:
         raise ValueError(f"codes of shape {tuple(codes.shape)} do not fit shape {shape}, {steps} steps and these options (expected {expected})")
     codes = codes.to(device=device, dtype=torch.long).reshape(shape[0], len(sizes), width)
     for s, K_s in enumerate(sizes):
+        if options.turbo:
+            indices, signs = codes[:, s, : options.turbo], codes[:, s, options.turbo :]
+            if int(indices.min()) < 0 or int(indices.max()) >= K_s or (indices.diff(dim=1) <= 0).any() or ((signs != 0) & (signs != 1)).any():
+                raise ValueError(f"Turbo-DDCM codes need increasing indices in [0, {K_s}) and sign bits at coded step {s}")
+            continue
         if codes.numel() and (int(codes[:, s, 0::2].min()) < 0 or int(codes[:, s, 0::2].max()) >= K_s):
             raise ValueError(f"indices must lie in [0, {K_s}) at coded step {s}")
         if width > 1 and (int(codes[:, s, 1::2].min()) < 0 or int(codes[:, s, 1::2].max()) >= 1 << options.level_bits):

@@ -60,6 +60,7 @@ __all__ = ["DDCMOptions", "PLAIN", "SCORE_MODES", "StepPlan", "bits_of_codes", "
 SCORE_MODES = ("dot", "cosine", "blend")
 MAX_LEVEL_BITS = 8  # 255 mixing levels; more resolution than a greedy search over them can use
 MAX_ATOMS = 16
+MAX_TURBO = 4096
 
 
 def _is_power_of_two(k) -> bool:
@@ -84,6 +85,7 @@ class DDCMOptions:
     k_switch: int | None = None
     rerank: int = 0  # candidates re-ranked by decoded error (0 or 1: off)
     rerank_every: int = 1  # re-rank at every n-th coded step
+    turbo: int = 0  # Turbo-DDCM: M atoms per coded step chosen in closed form (0: off)
 
     def __post_init__(self):
         if self.t_range is not None:
@@ -121,7 +123,16 @@ class DDCMOptions:
             out.append(f"rerank must be an integer >= 0, got {self.rerank!r}")
         if not isinstance(self.rerank_every, int) or self.rerank_every < 1:
             out.append(f"rerank_every must be an integer >= 1, got {self.rerank_every!r}")
+        if not isinstance(self.turbo, int) or not 0 <= self.turbo <= MAX_TURBO:
+            out.append(f"turbo (M) must be an integer in [0, {MAX_TURBO}], got {self.turbo!r}")
+        elif self.turbo and (self.atoms > 1 or self.rerank > 1 or self.score != "dot" or self.score_late is not None):
+            out.append("turbo chooses its atoms by the dot score alone: it excludes atoms > 1, rerank and other score modes")
         return out
+
+    @property
+    def code_width(self) -> int:
+        """Entries of a coded step's codes: ``2P - 1``, or ``2M`` with Turbo-DDCM."""
+        return 2 * self.turbo if self.turbo else 2 * self.atoms - 1
 
     # ------------------------------------------------------------------ per-step values
     def eta_at(self, t: int) -> float:
@@ -207,6 +218,8 @@ def step_plan(timesteps: list[int], K: int, options: DDCMOptions = PLAIN) -> lis
     for i, (t, t_prev) in enumerate(zip(timesteps[:-1], timesteps[1:])):
         eta = options.eta_at(t)
         is_coded = options.in_range(t) and eta > 0
+        if is_coded and options.turbo > options.k_at(t, K):
+            raise ValueError(f"DDCM options: turbo M = {options.turbo} atoms out of {options.k_at(t, K)} candidates at t = {t}")
         plan.append(StepPlan(i, t, t_prev, eta, options.k_at(t, K) if is_coded else None, options.score_at(t), coded if is_coded else None))
         coded += is_coded
     return plan
@@ -219,6 +232,31 @@ def mixing_levels(level_bits: int) -> list[float]:
 
 
 # ---------------------------------------------------------------------- bits
+def turbo_bits(K: int, M: int) -> int:
+    """Bits of a Turbo-DDCM step: the M-subset of K as its combinatorial rank, ``ceil(log2 C(K, M))``, then M sign bits."""
+    return (math.comb(K, M) - 1).bit_length() + M
+
+
+def turbo_rank(indices) -> int:
+    """The combinatorial-number-system rank ``sum_i C(c_i, i + 1)`` of a strictly increasing subset ``c_0 < c_1 < ...``."""
+    return sum(math.comb(int(c), i + 1) for i, c in enumerate(indices))
+
+
+def turbo_unrank(rank: int, K: int, M: int) -> list[int]:
+    """The increasing M-subset of ``range(K)`` of a rank; ValueError when ``rank >= C(K, M)``."""
+    if rank >= math.comb(K, M):
+        raise ValueError(f"Turbo-DDCM subset rank {rank} outside the C({K}, {M}) subsets")
+    out, top = [], K
+    for i in range(M, 0, -1):
+        c = top - 1
+        while math.comb(c, i) > rank:
+            c -= 1
+        out.append(c)
+        rank -= math.comb(c, i)
+        top = c
+    return out[::-1]
+
+
 def code_widths(coded_K: list[int], options: DDCMOptions = PLAIN) -> np.ndarray:
     """``[coded_steps, 2P - 1]`` bit widths of the entries ``k_1, j_2, k_2, ...`` of one item's codes."""
     P = options.atoms
@@ -244,17 +282,23 @@ def _written(codes: np.ndarray) -> np.ndarray:
 
 def bits_of_codes(codes: np.ndarray, coded_K: list[int], options: DDCMOptions = PLAIN) -> int:
     """Exact bits of one item's codes ``[coded_steps, 2P - 1]`` (or ``[coded_steps]`` for P = 1)."""
+    if options.turbo:
+        return max_bits_per_item(coded_K, options)
     codes = np.asarray(codes, dtype=np.int64).reshape(len(coded_K), 2 * options.atoms - 1)
     return int((code_widths(coded_K, options) * _written(codes)).sum())
 
 
 def max_bits_per_item(coded_K: list[int], options: DDCMOptions = PLAIN) -> int:
-    """Worst case (every atom kept): ``sum_s P log2 K_s + (P - 1) CB``; exact for P = 1."""
+    """Worst case (every atom kept): ``sum_s P log2 K_s + (P - 1) CB``; exact for P = 1 and for Turbo-DDCM."""
+    if options.turbo:
+        return sum(turbo_bits(K, options.turbo) for K in coded_K)
     return int(code_widths(coded_K, options).sum())
 
 
 def pack_codes(items: list[np.ndarray], coded_K: list[int], options: DDCMOptions = PLAIN) -> bytes:
     """Items' codes ``[coded_steps(, 2P - 1)]`` one after the other, as the module docstring lays them out."""
+    if options.turbo:
+        return _pack_turbo(items, coded_K, options.turbo)
     widths = code_widths(coded_K, options).reshape(-1)
     values, sizes = [], []
     for codes in items:
@@ -274,6 +318,8 @@ def pack_codes(items: list[np.ndarray], coded_K: list[int], options: DDCMOptions
 
 def unpack_codes(data: bytes, items: int, coded_K: list[int], options: DDCMOptions = PLAIN) -> np.ndarray:
     """``[items, coded_steps, 2P - 1]`` codes from a payload; ValueError if it is not exactly that long."""
+    if options.turbo:
+        return _unpack_turbo(data, items, coded_K, options.turbo)
     P, CB = options.atoms, options.level_bits
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8)).astype(np.int64)
     out = np.zeros((items, len(coded_K), 2 * P - 1), dtype=np.int64)
@@ -315,6 +361,40 @@ def unpack_codes(data: bytes, items: int, coded_K: list[int], options: DDCMOptio
                 out[item, s, 2 * slot] = read(index_bits)
     if math.ceil(position / 8) != len(data) or bits[position:].any():
         raise ValueError(f"payload of {len(data)} bytes; the DDCM codes it holds take {math.ceil(position / 8)}")
+    return out
+
+
+def _pack_turbo(items: list[np.ndarray], coded_K: list[int], M: int) -> bytes:
+    """Per coded step the integer ``rank(subset) * 2^M + signs`` (sign bit i: atom i of the subset is
+    negated) in ``turbo_bits(K_s, M)`` bits, MSB first."""
+    text = []
+    for codes in items:
+        codes = np.asarray(codes, dtype=np.int64).reshape(len(coded_K), 2 * M)
+        for K, step in zip(coded_K, codes):
+            indices, signs = step[:M], step[M:]
+            if (np.diff(indices) <= 0).any() or indices.min() < 0 or indices.max() >= K or not np.isin(signs, (0, 1)).all():
+                raise ValueError("Turbo-DDCM codes need increasing indices in [0, K) and sign bits")
+            value = (turbo_rank(indices) << M) | int("".join(map(str, signs)) or "0", 2)
+            text.append(format(value, f"0{turbo_bits(K, M)}b"))
+    bits = np.frombuffer("".join(text).encode(), dtype=np.uint8) - ord("0")
+    return np.packbits(bits).tobytes()
+
+
+def _unpack_turbo(data: bytes, items: int, coded_K: list[int], M: int) -> np.ndarray:
+    needed = items * sum(turbo_bits(K, M) for K in coded_K)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if math.ceil(needed / 8) != len(data) or bits[needed:].any():
+        raise ValueError(f"payload of {len(data)} bytes; the Turbo-DDCM codes it holds take {math.ceil(needed / 8)}")
+    text = "".join(map(str, bits[:needed].tolist()))
+    out = np.zeros((items, len(coded_K), 2 * M), dtype=np.int64)
+    position = 0
+    for item in range(items):
+        for s, K in enumerate(coded_K):
+            width = turbo_bits(K, M)
+            value = int(text[position : position + width] or "0", 2)
+            position += width
+            out[item, s, :M] = turbo_unrank(value >> M, K, M)
+            out[item, s, M:] = [(value >> (M - 1 - i)) & 1 for i in range(M)]
     return out
 
 
@@ -366,6 +446,8 @@ FLAGS: dict[str, tuple[str, object, str, str, str]] = {
     "rerank": ("--ddcm-rerank", int, "N", "re-rank the N best candidates by the decoded log-mel error one step ahead "
                "(N VAE decodes and UNet passes per re-ranked step; encoder only, no bits; 0: off)", "RK"),
     "rerank_every": ("--ddcm-rerank-every", int, "N", "re-rank at every N-th coded step", "RE"),
+    "turbo": ("--ddcm-turbo", int, "M", "Turbo-DDCM: each coded step adds M atoms chosen in closed form (the M largest |<C_k, r>|, "
+              "signs +-1, renormalised), ceil(log2 C(K, M)) + M bits per step; use far fewer steps (0: off)", "M"),
 }
 
 

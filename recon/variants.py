@@ -106,6 +106,7 @@ class VariantSettings:
     ddcm_k_switch: int | None = None
     ddcm_rerank: int = 0
     ddcm_rerank_every: int = 1
+    ddcm_turbo: int = 0
     rvq_stages: int = 1  # codebook_rvq: how many residual stages code each vector
 
     @property

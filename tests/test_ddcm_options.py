@@ -33,6 +33,7 @@ OPTION_SETS = {
     "mixing P3 CB2, range, late K": DDCMOptions(atoms=3, level_bits=2, t_range=(900, 100), k_late=4, k_switch=500),
     "eta schedule to 0": DDCMOptions(eta=0.9, eta_late=0.0, eta_switch=300),
     "cosine, late dot, rerank": DDCMOptions(score="cosine", score_late="dot", score_switch=400, rerank=3, rerank_every=2),
+    "turbo M4": DDCMOptions(turbo=4),
 }
 
 
@@ -107,6 +108,32 @@ def test_mixing_rounds_equal_a_brute_force_search_over_levels_and_atoms(schedule
             best, best_score = mixes[level, k], scores.max()
         torch.testing.assert_close(atoms_noise(step.codebook, codes[b : b + 1], options)[0], best, rtol=0, atol=1e-5)
     assert (codes[:, 1] > 0).any()  # some atoms are kept
+
+
+def test_turbo_takes_the_M_largest_inner_products_with_their_signs_and_ranks_subsets_one_to_one(schedule):
+    import itertools
+
+    from recon.ddcm_options import turbo_bits, turbo_rank, turbo_unrank
+
+    options = DDCMOptions(turbo=5)
+    step, target = coded_step(schedule, K=40, dim=16, batch=3, options=options)
+    codes = ddcm._choose_atoms(step, target, options, None)
+    rows = torch.cat([c for _, c in step.codebook.chunks()])
+    for b in range(3):
+        dots = rows @ (target[b] - step.x0_hat[b])
+        top = sorted(dots.abs().argsort(descending=True)[:5].tolist())
+        assert codes[b, :5].tolist() == top and codes[b, 5:].tolist() == [int(dots[k] < 0) for k in top]
+        signed = sum((1 - 2 * int(dots[k] < 0)) * rows[k] for k in top)
+        torch.testing.assert_close(atoms_noise(step.codebook, codes[b : b + 1], options)[0], signed / signed.std(), rtol=0, atol=1e-6)
+    for K, M in ((7, 3), (6, 6), (9, 1)):
+        subsets = list(itertools.combinations(range(K), M))
+        assert sorted(turbo_rank(c) for c in subsets) == list(range(len(subsets)))  # a bijection onto 0 .. C(K, M) - 1
+        assert all(turbo_unrank(turbo_rank(c), K, M) == list(c) for c in subsets)
+        assert turbo_bits(K, M) == math.ceil(math.log2(len(subsets))) + M
+    codes = np.array([[[2, 5, 9, 0, 1, 1], [0, 1, 2, 0, 0, 0]]])
+    payload = pack_codes(list(codes), [16, 16], DDCMOptions(turbo=3))
+    assert len(payload) == math.ceil(2 * (math.ceil(math.log2(math.comb(16, 3))) + 3) / 8)
+    np.testing.assert_array_equal(unpack_codes(payload, 1, [16, 16], DDCMOptions(turbo=3)), codes)
 
 
 def test_rerank_takes_the_top_candidate_with_the_smallest_next_error(schedule, analytic):
@@ -193,6 +220,7 @@ def test_header_holds_the_non_plain_options_and_rejects_bad_ones_in_one_line():
         "eta_late and eta_switch go together": {"eta_late": 0.3},
         "k_late must be a power of two": {"k_late": 12, "k_switch": 100},
         "eta must lie in [0, 1]": {"eta": 1.5},
+        "turbo chooses its atoms by the dot score alone": {"turbo": 8, "atoms": 2},
         "must be a JSON object": [1],
     }
     for message, header in bad.items():
