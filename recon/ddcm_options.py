@@ -17,15 +17,25 @@ of steps, the codebook size ``K`` and the seed. Its defaults are the plain DDCM 
   ``k`` is mixed in as ``m = sqrt(c) b + sqrt(1 - c) n_k``, then ``m / std(m)`` (unit variance),
   with ``c = j / (2^CB - 1)``, ``j = 1 .. 2^CB - 1`` (``CB = level_bits``). Each round takes the
   ``(j, k)`` of the highest score (ties: lowest ``j``, then lowest ``k``) and keeps it only if it
-  raises the score of ``b``; otherwise the step's atoms end there (a later round would search the
-  same candidates around the same ``b``). For ``blend`` the z-statistics of the step's ``K``
-  candidates are used for the mixes too, so scores across rounds compare on one scale.
+  raises the score of ``b`` by more than ``1e-5 |score(b)|`` (so that exact ties, such as ``c = 1``
+  re-scaling an already unit-variance ``b``, do not hinge on float rounding); otherwise the step's
+  atoms end there (a later round would search the same candidates around the same ``b``). For
+  ``blend`` the z-statistics of the step's ``K`` candidates are used for the mixes too, so scores
+  across rounds compare on one scale. The first atom is the raw codebook row, as in plain DDCM.
 * **late K**: ``k_late`` candidates at ``t <= k_switch`` (the rows are the first ``k_late`` of the
   step's codebook).
 * **re-ranking**: every ``rerank_every``-th coded step, the ``rerank`` best candidates by score
   are tried one step ahead and the one whose next clean estimate has the smallest decoded error
   (``recon.ddcm.compress``'s ``rerank_error``; the latent's squared error by default) is taken.
   Encoder-only: a decoder replays the stored choice.
+* **Turbo-DDCM** (Vaisman et al. 2025) ``turbo = M``: a coded step's noise is
+  ``sum_k s_k n_k / std(.)`` over the ``M`` candidates of largest ``|<n_k, r>|`` with
+  ``s_k = sign <n_k, r>`` (the closed form of maximising ``<noise, r>`` over signed ``M``-subsets of
+  nearly orthogonal atoms). Written per step as ``rank * 2^M + signs`` in
+  ``ceil(log2 C(K_s, M)) + M`` bits, ``rank`` the subset's combinatorial-number-system rank
+  ``sum_i C(c_i, i + 1)`` over its increasing indices ``c_i``, sign bit ``i`` (MSB first) 1 when
+  atom ``c_i`` is negated. Excludes mixing, re-ranking and other scores; codes
+  ``[B, coded_steps, 2M]`` (indices, then sign bits).
 
 Bits per item (``recon.ddcm_options.code_widths`` is the definition, ``bits_of_codes`` counts them):
 each coded step with ``K_s`` candidates (``K`` or ``k_late``) writes, most significant bit first,
@@ -95,7 +105,7 @@ class DDCMOptions:
             raise ValueError(f"DDCM options: {problems[0]}")
 
     def problems(self) -> list[str]:
-        out = []
+        out = [f"{f.name} must be a number, got {getattr(self, f.name)!r}" for f in fields(self) if isinstance(getattr(self, f.name), bool)]
         if not isinstance(self.atoms, int) or not 1 <= self.atoms <= MAX_ATOMS:
             out.append(f"atoms (P) must be an integer in [1, {MAX_ATOMS}], got {self.atoms!r}")
         if not isinstance(self.level_bits, int) or not 1 <= self.level_bits <= MAX_LEVEL_BITS:
@@ -182,17 +192,10 @@ class DDCMOptions:
             if not (isinstance(values["t_range"], list) and len(values["t_range"]) == 2 and all(isinstance(t, int) for t in values["t_range"])):
                 raise ValueError(f"DDCM options: t_range must be [t0, t1] integers, got {values['t_range']!r}")
             values["t_range"] = tuple(values["t_range"])
-        for name in ("eta", "eta_late", "blend_lambda"):
-            if isinstance(values.get(name), bool):
-                raise ValueError(f"DDCM options: {name} must be a number, got {values[name]!r}")
         options = cls(**values)
         if num_train_timesteps is not None:
             options.check_schedule(num_train_timesteps)
         return options
-
-    def label(self) -> str:
-        """A short human-readable summary of the non-plain options."""
-        return ", ".join(f"{k}={v}" for k, v in self.to_header().items()) or "plain DDCM"
 
 
 PLAIN = DDCMOptions()

@@ -288,6 +288,28 @@ def test_every_option_round_trips_from_the_file_alone(tiny, name):
     assert torch.equal(alone, codes[1:])
 
 
+def test_audio_rerank_picks_the_index_whose_decoded_log_mel_is_closest(tiny):
+    """ddcm_noise re-ranks by the VAE-decoded log-mel against the input's: with one coded step and
+    every candidate re-ranked, the index it writes is the one whose decoded output is closest."""
+    from recon.audio import MelFrontEnd
+    from recon.variants import VARIANTS, Models, VariantInput, VariantSettings
+
+    diffusion, backbone = tiny
+    models = Models(backbone, MelFrontEnd(backbone.spec), None, diffusion)
+    wav = 0.1 * torch.randn(1, 20480, generator=torch.Generator().manual_seed(7))
+    logmel = models.frontend(wav)
+    posterior = backbone.encode(logmel)
+    x = VariantInput(wav, logmel, posterior.mean, posterior.std, ["a.wav#0"])
+    settings = VariantSettings(seed=SEED, ddcm_steps=2, ddcm_k=8, ddcm_rerank=8, guidance_scale=1.0)
+    with torch.no_grad():
+        chosen = VARIANTS["ddcm_noise"].fn(x, models, settings).codes
+        denoiser, scale = diffusion.denoiser("", 1.0), diffusion.scaling_factor
+        errors = [float((backbone.decode(decompress(denoiser, torch.tensor([[k]]), 2, 8, SEED, posterior.mean.shape) / scale) - logmel).pow(2).mean())
+                  for k in range(8)]
+    assert int(chosen[0, 0]) == int(np.argmin(errors))
+    assert int(np.argmin(errors)) != int(VARIANTS["ddcm_noise"].fn(x, models, VariantSettings(seed=SEED, ddcm_steps=2, ddcm_k=8, guidance_scale=1.0)).codes[0, 0])
+
+
 def test_sweep_columns_are_named_by_what_varies_and_carry_their_own_bitrate():
     from recon.variants import VARIANTS, VariantSettings, sweep
 
