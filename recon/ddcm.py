@@ -396,14 +396,15 @@ class _CodebookPasses:
     def chunks(self):
         return self.cache if self.cache is not None else self.codebook.chunks()
 
-    def first(self, residual: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``<C_k, r_b>`` [B, K], ``|C_k|^2`` [K] and ``sum(C_k)`` [K] in one pass."""
+    def first(self, residual: Tensor, norms: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``<C_k, r_b>`` [B, K] and, with ``norms``, ``|C_k|^2`` [K] and ``sum(C_k)`` [K], in one pass."""
         dots, squares, sums = [], [], []
         for _, chunk in self.chunks():
             dots.append(residual @ chunk.T)
-            squares.append(chunk.pow(2).sum(dim=1))
-            sums.append(chunk.sum(dim=1))
-        return torch.cat(dots, dim=1), torch.cat(squares), torch.cat(sums)
+            if norms:
+                squares.append(chunk.pow(2).sum(dim=1))
+                sums.append(chunk.sum(dim=1))
+        return torch.cat(dots, dim=1), torch.cat(squares) if norms else None, torch.cat(sums) if norms else None
 
     def dots(self, vectors: Tensor) -> Tensor:
         return torch.cat([vectors @ chunk.T for _, chunk in self.chunks()], dim=1)
@@ -478,7 +479,7 @@ def _choose_atoms(step: CodedStep, target: Tensor, options: DDCMOptions, lookahe
     residual = target - step.x0_hat
     batch, dim, P = residual.shape[0], residual.shape[1], options.atoms
     passes = _CodebookPasses(step.codebook, P)
-    dots, squares, sums = passes.first(residual)
+    dots, squares, sums = passes.first(residual, norms=P > 1 or step.plan.score != "dot")
     if options.turbo:
         return _turbo_atoms(dots, options.turbo)
     scorer = _Scorer(step.plan.score, options.blend_lambda, residual.norm(dim=1), dots, squares)
