@@ -111,7 +111,13 @@ class VariantSettings:
 
     @property
     def ddcm_options(self) -> DDCMOptions:
-        return DDCMOptions(**{name: getattr(self, f"ddcm_{name}") for name in DDCM_OPTION_NAMES})
+        """The sampler's options; a late option that is off ignores its switch step (so a sweep can
+        turn it off: ``--ddcm-eta-late off,0.35 --ddcm-eta-switch 200``)."""
+        values = {name: getattr(self, f"ddcm_{name}") for name in DDCM_OPTION_NAMES}
+        for late, switch in (("eta_late", "eta_switch"), ("score_late", "score_switch"), ("k_late", "k_switch")):
+            if values[late] is None:
+                values[switch] = None
+        return DDCMOptions(**values)
 
     @property
     def ddcm_bitrate_bps(self) -> float:

@@ -199,6 +199,17 @@ def test_payload_is_exactly_the_stated_bits(P, CB, K_list):
         unpack_codes(payload + b"\x00", 5, K_list, options)
 
 
+def test_plain_ddcm_payload_is_the_fixed_width_index_layout_of_earlier_files():
+    """Files written before the options existed (no ``ddcm`` header object) hold log2 K-bit indices
+    packed by recon.codec.pack_indices: plain DDCM still writes and reads exactly those bytes."""
+    from recon.codec import pack_indices
+
+    indices = np.random.default_rng(0).integers(0, 64, (3, 11))
+    payload = pack_codes(list(indices), [64] * 11, PLAIN)
+    assert payload == pack_indices(indices.reshape(-1), 6)
+    np.testing.assert_array_equal(unpack_codes(payload, 3, [64] * 11, PLAIN)[..., 0], indices)
+
+
 def test_bit_layout_is_msb_first_and_a_stop_costs_its_level_code():
     # P = 2, CB = 2, K = 8: step 1 keeps an atom (k1=5, j=3, k=1), step 2 stops (k1=6, j=0).
     codes = np.array([[5, 3, 1], [6, 0, 0]])
@@ -322,6 +333,10 @@ def test_sweep_columns_are_named_by_what_varies_and_carry_their_own_bitrate():
     assert rates["ddcm_noise@T11-K16-P1-tall"] == pytest.approx(10 * 4)
     assert rates["ddcm_noise@T11-K16-P1-t900_0"] == pytest.approx(9 * 4)
     assert rates["ddcm_noise@T11-K16-P2-tall"] == pytest.approx(10 * (2 * 4 + 3))
+    # A late option can be swept on and off against a fixed switch step.
+    on_off = sweep([VARIANTS["ddcm_noise"]], {"ddcm_eta_late": [None, 0.35], "ddcm_eta_switch": [200]})
+    assert [v.name for v in on_off] == ["ddcm_noise@T50-K1024-etaLoff", "ddcm_noise@T50-K1024-etaL0.35"]
+    assert [v.settings(VariantSettings()).ddcm_options.eta_at(100) for v in on_off] == [1.0, 0.35]
 
 
 def test_infer_sweeps_an_option_and_recon_decodes_each_file_with_no_flags(tmp_path, capsys):
