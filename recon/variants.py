@@ -469,7 +469,9 @@ def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     """"DDCM Complete", as Ohayon et al. (ICML 2025) define it: a DDIM eta = 1 sampler whose noise at
     each step is the entry of a seeded codebook of K Gaussian vectors that best points from the
     current clean estimate toward the input's (scaled) latent. The indices are the bitstream:
-    (steps - 1)·log2 K bits per segment, written as a recon file (recon.codec; decompress replays them)."""
+    (steps - 1)·log2 K bits per segment, written as a recon file (recon.codec; decompress replays them).
+    The ``ddcm_*`` settings are the sampler's options (recon.ddcm_options: coded range, eta schedule,
+    score modes, noise mixing, late K, re-ranking by the decoded log-mel, Turbo-DDCM); the file records them."""
     from .ddcm import compress
 
     diffusion = models.require_diffusion("ddcm_noise")
