@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = VariantSettings()
     g = p.add_argument_group("diffusion variants")
     g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps,
-                   help="DDIM steps of ddcm_input's SDEdit refinement and of text2audio generation; not DDCM's (see --ddcm-steps) (default: %(default)s)")
+                   help="DDIM steps of codebook_sdedit's SDEdit refinement and of text2audio generation; not DDCM's (see --ddcm-steps) (default: %(default)s)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
     g.add_argument("--refine-strength", type=number_list(float), default=[d.refine_strength], metavar="S[,S...]",
                    help=f"ddcm_input SDEdit strength: 0 = codebook only, 1 = generation; several values give one ddcm_input@S column each (default: {d.refine_strength})")
