@@ -50,7 +50,8 @@ follow each other, and the file pads the total to whole bytes with zero bits. Th
 exact for ``P = 1``.
 
 In memory a batch's codes are ``[B, coded_steps, 2P - 1]`` long (``k_1, j_2, k_2, j_3, ...``; after
-a level code 0 every entry is 0 and is not written), squeezed to ``[B, coded_steps]`` for ``P = 1``.
+a level code 0 every entry is 0 and is not written), squeezed to ``[B, coded_steps]`` for ``P = 1``;
+Turbo-DDCM's are ``[B, coded_steps, 2M]``.
 
 Container header: :meth:`DDCMOptions.to_header` writes the options that differ from plain DDCM
 (absent fields mean the plain-DDCM value, which never changes); :meth:`DDCMOptions.from_header`
@@ -64,11 +65,11 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-__all__ = ["DDCMOptions", "PLAIN", "SCORE_MODES", "StepPlan", "bits_of_codes", "code_widths", "max_bits_per_item",
-           "mixing_levels", "pack_codes", "step_plan", "unpack_codes"]
+__all__ = ["DDCMOptions", "FLAGS", "PLAIN", "SCORE_MODES", "StepPlan", "add_arguments", "bits_of_codes", "code_widths",
+           "max_bits_per_item", "mixing_levels", "pack_codes", "step_plan", "turbo_bits", "turbo_rank", "turbo_unrank", "unpack_codes"]
 
 SCORE_MODES = ("dot", "cosine", "blend")
-MAX_LEVEL_BITS = 8  # 255 mixing levels; more resolution than a greedy search over them can use
+MAX_LEVEL_BITS = 8  # up to 255 mixing levels (bench/ddcm_options.py measures CB 2 .. 6)
 MAX_ATOMS = 16
 MAX_TURBO = 4096
 
