@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from torch.multiprocessing import ProcessRaisedException  # noqa: E402
 
 from recon.audio import MelFrontEnd  # noqa: E402
+from recon.ddcm_options import FLAGS as DDCM_FLAGS, add_arguments as add_ddcm_arguments  # noqa: E402
 from recon.backbone import HUB_ID, FrozenAudioLDM2, describe_weights  # noqa: E402
 from recon.compile import COMPILE_MODES  # noqa: E402
 from recon.console import configure_output  # noqa: E402
@@ -91,16 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="also print Lightning's info messages and the library warnings recon hides")
     d = VariantSettings()
     g = p.add_argument_group("diffusion variants")
-    g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps, help="DDIM steps of ddcm_input's refinement and of text2audio (default: %(default)s)")
+    g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps,
+                   help="DDIM steps of codebook_sdedit's SDEdit refinement and of text2audio generation; not DDCM's (see --ddcm-steps) (default: %(default)s)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
     g.add_argument("--refine-strength", type=number_list(float), default=[d.refine_strength], metavar="S[,S...]",
                    help=f"ddcm_input SDEdit strength: 0 = codebook only, 1 = generation; several values give one ddcm_input@S column each (default: {d.refine_strength})")
     g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of ddcm_input and ddcm_noise (default: empty, neutral)")
     g.add_argument("--prompt", default=d.prompt, help="text2audio prompt (default: %(default)r)")
     g.add_argument("--ddcm-steps", type=number_list(int), default=[d.ddcm_steps], metavar="T[,T...]",
-                   help=f"ddcm_noise diffusion steps; with several values (or several --ddcm-k) one ddcm_noise@T<steps>-K<k> column per pair (default: {d.ddcm_steps})")
+                   help=f"ddcm_noise: steps of the DDCM sampler, i.e. the bitstream's length (not --diffusion-steps); with several values "
+                        f"(or several values of any --ddcm-* option) one ddcm_noise@T<steps>-K<k>[-<option><value>...] column each (default: {d.ddcm_steps})")
     g.add_argument("--ddcm-k", type=number_list(int), default=[d.ddcm_k], metavar="K[,K...]",
-                   help=f"ddcm_noise codebook size per step, a power of two; bits = (steps-1)·log2 K per 10.24 s (default: {d.ddcm_k})")
+                   help=f"ddcm_noise codebook size per step, a power of two; plain DDCM spends (steps-1)·log2 K bits per 10.24 s (default: {d.ddcm_k})")
+    add_ddcm_arguments(p.add_argument_group("ddcm_noise sampler options (recon.ddcm_options; each one sweepable, each point its own column and bitrate)"),
+                       d.ddcm_options, many=True, list_type=number_list)
     p.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
                    help="log a W&B table of the results: offline into OUT/wandb/ (default; `wandb sync` uploads it later), online, or off")
     p.add_argument("--wandb-project", default="recon", help="W&B project of the run (default: %(default)s)")
@@ -200,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     if any(not 1 <= n <= stages for n in rvq_stages) and stages:
         raise UsageError(f"--rvq-stages {rvq_stages}: the checkpoint's codebook has {stages} stage(s)")
     sweeps = {"refine_strength": args.refine_strength, "ddcm_steps": args.ddcm_steps, "ddcm_k": args.ddcm_k, "rvq_stages": rvq_stages}
+    sweeps.update({f"ddcm_{name}": getattr(args, f"ddcm_{name}") for name in DDCM_FLAGS})
     variants = sweep(resolve(args.variants, available), sweeps)
     dataset = InferenceFiles(args.input, models.backbone.spec)
     if len(dataset) == 0:
@@ -215,7 +221,11 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         ddcm_steps=args.ddcm_steps[0],
         ddcm_k=args.ddcm_k[0],
+        **{f"ddcm_{name}": getattr(args, f"ddcm_{name}")[0] for name in DDCM_FLAGS},
     )
+    for variant in variants:
+        if variant.name.split("@")[0] == "ddcm_noise":  # every point's options are valid, before any model runs
+            variant.settings(settings).ddcm_options.check_schedule(models.diffusion.schedule.num_train_timesteps)
     if models.diffusion is not None:
         # Prompt embeddings once, on the CPU where the text encoders stay, before the UNet moves.
         for variant in variants:

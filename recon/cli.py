@@ -122,6 +122,7 @@ def encode(args) -> int:
             raise ValueError("--codec ddcm needs --diffusion (the AudioLDM2 pipeline whose UNet codes the noise)")
         if args.ddcm_k < 2 or args.ddcm_k & (args.ddcm_k - 1) or args.ddcm_steps < 2:
             raise ValueError(f"--ddcm-k must be a power of two >= 2 and --ddcm-steps >= 2, got {args.ddcm_k} and {args.ddcm_steps}")
+        _ddcm_settings(args).ddcm_options.check_schedule(diffusion.schedule.num_train_timesteps)
         stages = 1
     else:
         if quantizer is None:
@@ -188,29 +189,39 @@ def with_input_format(container: Container, path: str) -> Container:
 
 def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size: int, code) -> list[tuple[list, list[int]]]:
     """Per file: (per-segment codes, segment lengths). Segments of all files are batched by length
-    (as infer.py batches them); ``code(posterior_mean)`` gives one code tensor per segment."""
+    (as infer.py batches them); ``code(posterior_mean, logmel)`` gives one code tensor per segment."""
     from .windows import Windows
 
     windows = Windows([item["wav"] for item in items], backbone.spec)
     codes: list = [None] * len(windows)
-    for chunk, _, posterior in windows.encoded(frontend, backbone, batch_size, device):
-        for i, code_i in zip(chunk, code(posterior.mean.float())):
+    for chunk, logmel, posterior in windows.encoded(frontend, backbone, batch_size, device):
+        for i, code_i in zip(chunk, code(posterior.mean.float(), logmel)):
             codes[i] = code_i.cpu()
     return [([codes[s] for s in windows.of_file(f)], windows.lengths(windows.of_file(f))) for f in range(len(items))]
+
+
+def _ddcm_settings(args):
+    from .ddcm_options import FLAGS
+    from .variants import VariantSettings
+
+    return VariantSettings(seed=args.seed, guidance_scale=args.guidance_scale, refine_prompt=args.prompt, ddcm_steps=args.ddcm_steps,
+                           ddcm_k=args.ddcm_k, **{f"ddcm_{name}": getattr(args, f"ddcm_{name}") for name in FLAGS})
 
 
 @_no_grad
 def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args) -> list:
     from .codec import ddcm_container
     from .ddcm import compress
-    from .variants import VariantSettings
+    from .variants import logmel_error
 
-    settings = VariantSettings(seed=args.seed, guidance_scale=args.guidance_scale, refine_prompt=args.prompt,
-                               ddcm_steps=args.ddcm_steps, ddcm_k=args.ddcm_k)
+    settings = _ddcm_settings(args)
+    options = settings.ddcm_options
     denoiser = diffusion.denoiser(settings.refine_prompt, settings.guidance_scale)
 
-    def code(mean):
-        return compress(denoiser, mean * diffusion.scaling_factor, settings.ddcm_steps, settings.ddcm_k, settings.seed)[0]
+    def code(mean, logmel):
+        scale = diffusion.scaling_factor
+        rerank = logmel_error(backbone, logmel, scale) if options.rerank > 1 else None
+        return compress(denoiser, mean * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed, options, rerank)[0]
 
     encoded = _encoded_segments(items, backbone, frontend, device, args.batch_size, code)
     return [ddcm_container(codes, lengths, item["wav"].numel(), settings, diffusion, backbone, item["level"])
@@ -222,7 +233,7 @@ def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batc
     """Codebook containers of some files."""
     from .codec import codebook_container
 
-    def code(mean):
+    def code(mean, logmel):
         # One stage: [B, time, freq] as codebook_hard writes it; a ladder: [B, stages, time, freq].
         return quantizer.quantize_indices(mean) if stages == 1 else quantizer.residual_indices(mean, stages)
 
@@ -343,9 +354,12 @@ def build_parser(for_info: bool = False) -> argparse.ArgumentParser:
     enc.add_argument("--codec", default="codebook", choices=("codebook", "rvq", "ddcm"),
                      help="codebook: the nearest trained code per latent vector, log2 K bits each (codebook_hard); "
                           "rvq: the residual ladder of a multi-stage checkpoint, stages x log2 K bits (codebook_rvq@N); "
-                          "ddcm: the noise choices of true DDCM, (steps - 1) x log2 K bits per segment (ddcm_noise)")
+                          "ddcm: the noise choices of true DDCM, (steps - 1) x log2 K bits per segment for plain DDCM; the --ddcm-* options "
+                          "change that as recon.ddcm_options defines (ddcm_noise); decoding reads them from the file")
     enc.add_argument("--fixed-rate", action="store_true", help="write indices at log2 K bits each instead of range-coding them under the checkpoint's code frequencies")
     enc.add_argument("--stages", type=int, help="residual stages to code with (default: 1 for codebook, all for rvq)")
+    from .ddcm_options import add_arguments as add_ddcm_arguments
+
     if for_info:
         d = _NoDefaults()
     else:
@@ -353,8 +367,9 @@ def build_parser(for_info: bool = False) -> argparse.ArgumentParser:
 
         d = VariantSettings()
     g = enc.add_argument_group("ddcm")
-    g.add_argument("--ddcm-steps", type=int, default=d.ddcm_steps, help="diffusion steps (default: %(default)s)")
+    g.add_argument("--ddcm-steps", type=int, default=d.ddcm_steps, help="steps of the DDCM sampler, i.e. the bitstream's length (default: %(default)s)")
     g.add_argument("--ddcm-k", type=int, default=d.ddcm_k, help="noise codebook size per step, a power of two (default: %(default)s)")
+    add_ddcm_arguments(g, *([] if for_info else [d.ddcm_options]))
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the shared noise codebooks (default: %(default)s)")
     g.add_argument("--prompt", default=d.refine_prompt, help="text conditioning (default: empty)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")

@@ -10,9 +10,12 @@ and fingerprints of the weights it must be decoded with:
   range-coded (``constriction``) under each stage's code frequencies (``coding: categorical``)
   when that is smaller; otherwise, or without frequencies, written at ``log2 K`` bits (``coding:
   fixed``). The nominal rate is ``log2 K`` either way.
-* ``ddcm``: the indices of true DDCM (recon.ddcm), ``log2 K`` bits per segment and step, with the
-  steps, K, seed, prompt and guidance that replay the sampler; its noise is recon.ddcm's portable
-  generator, so a file encoded on one device decodes on any other.
+* ``ddcm``: the choices of true DDCM (recon.ddcm): plain DDCM writes ``log2 K`` bits per segment and
+  step; with options (recon.ddcm_options: coded range, eta schedule, late K, noise mixing with P
+  atoms and CB-bit levels, ...) the exact layout and bits are recon.ddcm_options'. The header holds
+  the steps, K, seed, prompt and guidance, and under ``ddcm`` every option that differs from plain
+  DDCM, so the file replays the sampler alone; its noise is recon.ddcm's portable generator, so a
+  file encoded on one device decodes on any other.
 
 Fingerprints hash the weights themselves (float32 bytes), so a renamed or copied checkpoint still
 matches and a retrained one does not.
@@ -33,7 +36,8 @@ from torch import Tensor, nn
 from .audio import TAIL_FRAMES, length_chunks, segment_lengths
 from .container import CODEC_FIELDS, Container
 from .codebook import PRIOR_PRECISION
-from .ddcm import NOISE_GENERATOR, decompress
+from .ddcm import NOISE_GENERATOR, coded_sizes, decompress
+from .ddcm_options import DDCMOptions, pack_codes, unpack_codes
 
 CODECS = tuple(CODEC_FIELDS)
 
@@ -349,14 +353,17 @@ def conditioning_fingerprint(diffusion, prompt: str, guidance_scale: float) -> s
 
 def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, settings, diffusion, backbone, level: float = 1.0,
                    layout: list[int] | None = None) -> Container:
-    """A file of per-segment DDCM indices ``codes[i] [steps - 1]``; ``settings`` holds steps, K, seed,
-    prompt and guidance (recon.variants.VariantSettings)."""
+    """A file of per-segment DDCM codes ``codes[i]`` (``[coded_steps]``, or ``[coded_steps, 2P - 1]``
+    with noise mixing: recon.ddcm.compress); ``settings`` holds steps, K, seed, prompt, guidance and
+    the DDCM options (recon.variants.VariantSettings)."""
     layout = layout or layout_of(backbone)
     if segment_lengths(num_samples, *layout) != list(segments):
         raise ValueError(f"segments {segments} are not the layout {layout} of {num_samples} samples")
-    steps, K = settings.ddcm_steps, settings.ddcm_k
-    if any(tuple(c.shape) != (steps - 1,) for c in codes):
-        raise ValueError(f"DDCM codes must be [{steps - 1}] per segment, got {[tuple(c.shape) for c in codes]}")
+    steps, K, options = settings.ddcm_steps, settings.ddcm_k, settings.ddcm_options
+    sizes = coded_sizes(diffusion.schedule, steps, K, options)
+    shape = (len(sizes),) + ((options.code_width,) if options.code_width > 1 else ())
+    if any(tuple(c.shape) != shape for c in codes):
+        raise ValueError(f"DDCM codes must be {list(shape)} per segment, got {[tuple(c.shape) for c in codes]}")
     header = {
         "codec": "ddcm",
         "sample_rate": backbone.spec.sample_rate,
@@ -373,29 +380,38 @@ def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, s
         "scaling_factor": diffusion.scaling_factor,
         "noise": NOISE_GENERATOR,
     }
-    bits = int(math.log2(K))
-    return Container(header, pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits))
+    if options.to_header():  # plain DDCM files carry no options object
+        header["ddcm"] = options.to_header()
+    return Container(header, pack_codes([c.cpu().numpy() for c in codes], sizes, options))
+
+
+def ddcm_options_of(container: Container, diffusion) -> DDCMOptions:
+    """The DDCM options a file records (plain DDCM without a ``ddcm`` object), checked against the schedule."""
+    return DDCMOptions.from_header(container.header.get("ddcm"), diffusion.schedule.num_train_timesteps)
 
 
 def ddcm_latents(container: Container, backbone, diffusion, batch_size: int = 4) -> list[Tensor]:
     """Replay the sampler of a ``ddcm`` file: per-segment unscaled latents ``[8, time, freq]``.
 
     Segments of equal length are replayed as one batch; a segment's result does not depend on its
-    batch (shared per-step codebooks and x_T, per-item indices), up to float rounding of the UNet."""
+    batch (shared per-step codebooks and x_T, per-item codes), up to float rounding of the UNet."""
     header = container.header
     if header["noise"] != NOISE_GENERATOR:
         raise ValueError(f"noise generator {header['noise']!r}; this recon has {NOISE_GENERATOR!r}")
     if abs(header["scaling_factor"] - diffusion.scaling_factor) > 1e-9:
         raise ModelMismatch(f"latent scaling {header['scaling_factor']} in the file vs {diffusion.scaling_factor} given")
+    options = ddcm_options_of(container, diffusion)
     segments = segments_of(container)
     steps, K = header["steps"], header["K"]
-    flat = torch.from_numpy(unpack_indices(container.payload, int(math.log2(K)), len(segments) * (steps - 1)))
-    indices = flat.reshape(len(segments), steps - 1)
+    sizes = coded_sizes(diffusion.schedule, steps, K, options)
+    codes = torch.from_numpy(unpack_codes(container.payload, len(segments), sizes, options))
+    if options.code_width == 1:
+        codes = codes[..., 0]
     denoiser = diffusion.denoiser(header["prompt"], header["guidance_scale"])
     latents: list[Tensor | None] = [None] * len(segments)
     for chunk in length_chunks(segments, batch_size):
         shape = (len(chunk), backbone.latent_channels, *latent_grid(backbone, segments[chunk[0]]))
-        x0 = decompress(denoiser, indices[chunk], steps, K, header["seed"], shape, device=diffusion.device)
+        x0 = decompress(denoiser, codes[chunk], steps, K, header["seed"], shape, device=diffusion.device, options=options)
         for i, latent in zip(chunk, x0 / header["scaling_factor"]):
             latents[i] = latent
     return latents

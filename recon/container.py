@@ -154,6 +154,7 @@ CODEC_FIELDS: dict[str, dict[str, Field]] = {
         "guidance_scale": Field(number(-1000, 1000)),
         "scaling_factor": Field(number(0, 1000, positive=True)),
         "noise": Field(text(64)),
+        "ddcm": Field(_ddcm_options, None),  # the sampler's options (recon.ddcm_options); absent: plain DDCM
     },
 }
 
@@ -166,9 +167,29 @@ def segment_count(num_samples: int, segment: int) -> int:
 def _ddcm_payload(header: dict, payload: bytes) -> str | None:
     segments = segment_count(header["num_samples"], header["layout"][0])
     bits = header["K"].bit_length() - 1
+    if header.get("ddcm") is not None:
+        # Variable-length codes: which steps are coded follows from the model's schedule (checked
+        # exactly when decoding); here, the most any item can take when every step is coded at K.
+        from .ddcm_options import DDCMOptions, max_bits_per_item
+
+        options = DDCMOptions.from_header(header["ddcm"])
+        most = -(-segments * max_bits_per_item([header["K"]] * (header["steps"] - 1), options) // 8)
+        if len(payload) > most:
+            return f"ddcm payload of {len(payload)} bytes; {segments} segment(s) of {header['steps']} steps take at most {most}"
+        return None
     needed = -(-segments * (header["steps"] - 1) * bits // 8)
     if len(payload) != needed:
         return f"ddcm payload of {len(payload)} bytes; {segments} segment(s) x {header['steps'] - 1} indices of {bits} bits need {needed}"
+    return None
+
+
+def _ddcm_options(value, header):
+    from .ddcm_options import DDCMOptions
+
+    try:
+        DDCMOptions.from_header(value)
+    except (TypeError, ValueError) as err:
+        return f"must be valid DDCM options ({' '.join(str(err).split())[:200]})"
     return None
 
 
