@@ -128,6 +128,16 @@ def _layout(value, header):
     return None
 
 
+def _ddcm_options(value, header):
+    from .ddcm_options import DDCMOptions
+
+    try:
+        DDCMOptions.from_header(value)
+    except (TypeError, ValueError) as err:
+        return f"must be valid DDCM options ({' '.join(str(err).split())[:200]})"
+    return None
+
+
 COMMON_FIELDS: dict[str, Field] = {
     "sample_rate": Field(integer(*SAMPLE_RATES)),
     "num_samples": Field(integer(1, lambda header: MAX_SECONDS * header["sample_rate"])),
@@ -180,16 +190,6 @@ def _ddcm_payload(header: dict, payload: bytes) -> str | None:
     needed = -(-segments * (header["steps"] - 1) * bits // 8)
     if len(payload) != needed:
         return f"ddcm payload of {len(payload)} bytes; {segments} segment(s) x {header['steps'] - 1} indices of {bits} bits need {needed}"
-    return None
-
-
-def _ddcm_options(value, header):
-    from .ddcm_options import DDCMOptions
-
-    try:
-        DDCMOptions.from_header(value)
-    except (TypeError, ValueError) as err:
-        return f"must be valid DDCM options ({' '.join(str(err).split())[:200]})"
     return None
 
 
