@@ -176,10 +176,21 @@ class CodebookTrainer(L.LightningModule):
             self.log("train/temperature", self.quantizer.temperature_at(int(self.quantizer.step)))
         if self.automatic_optimization:
             return loss
-        # Nothing to optimize (the EMA moved the codebook in forward); stepping Lightning's
-        # placeholder optimizer keeps global_step, max_steps and checkpoint intervals counting.
-        self.optimizers().step()
+        self._count_step_without_optimiser()
         return None
+
+    def _count_step_without_optimiser(self) -> None:
+        """Count a training step of a model with nothing to optimise (the EMA moved the codebook in forward).
+
+        The count is the one Lightning's manual optimisation keeps of optimiser steps, which
+        ``global_step``, ``max_steps``, checkpoint intervals and resumes read. Stepping Lightning's
+        placeholder optimiser instead goes through the precision plugin, whose 16-mixed GradScaler
+        then unscales gradients no loss produced and fails (``unscale_ but _scale is None``; a scaled
+        zero loss only moves the failure to ``scaler.step``, which finds no parameters to check).
+        """
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
 
     def _step(self, batch: dict) -> tuple[Tensor, dict]:
         mean, std = self.posterior(batch)

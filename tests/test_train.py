@@ -155,6 +155,20 @@ def test_resume_is_exact_from_every_kind_of_stop(tmp_path, audio_dir, checkpoint
         assert not torch.equal(fresh["codebook"], resumed["codebook"]), f"{label}: the resumed state must come from the checkpoint"
 
 
+def test_ema_codebook_trains_under_16_mixed_with_a_grad_scaler(tmp_path, audio_dir):
+    """16-mixed on a GPU runs with a GradScaler, which an EMA codebook (no trainable parameter, no loss
+    to scale) must not meet. CPU autocast makes 16-mixed a plain bf16 run, so the CPU GradScaler is
+    passed explicitly: it takes the same path as the CUDA one."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    model = CodebookTrainer(backbone="random:tiny", codebook=codebook_config(update="ema", kmeans_init=True), kmeans_init_batches=1)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = make_trainer(tmp_path, max_steps=3, plugins=[plugin], enable_checkpointing=False)
+    trainer.fit(model, datamodule=AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0))
+    assert trainer.precision == "16-mixed" and trainer.precision_plugin.scaler is plugin.scaler
+    assert trainer.global_step == 3 and int(model.quantizer.step) == 3
+
+
 def test_checkpoint_holds_codebook_not_backbone_and_refuses_other_shapes(tmp_path, audio_dir):
     model = CodebookTrainer(backbone="random:tiny", codebook=codebook_config(kmeans_init=True))
     dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0)
