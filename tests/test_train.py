@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from recon.cache import LatentCache, LatentDataset, backbone_fingerprint
+from recon.callbacks import RunCheckpoint
 from recon.codebook import CodebookConfig
 from recon.data import AudioDataModule, AudioFolder
 from recon.lit import CodebookTrainer, load_codebook_trainer
@@ -153,6 +154,38 @@ def test_resume_is_exact_from_every_kind_of_stop(tmp_path, audio_dir, checkpoint
         assert (resumed_final["epoch"], resumed_final["global_step"]) == (final["epoch"], final["global_step"]), label
         fresh, _, _ = fit(total - k, tmp_path / f"fresh{k}")
         assert not torch.equal(fresh["codebook"], resumed["codebook"]), f"{label}: the resumed state must come from the checkpoint"
+
+
+def test_last_checkpoint_is_the_final_step_whatever_the_interval(tmp_path, audio_dir):
+    """Checkpoints every 2 steps and max_steps 5: last.ckpt holds step 5 (and so does a step file), and
+    resuming from it reaches the state of an uninterrupted run. A second, fresh run into the folder
+    overwrites last.ckpt: no last-v1.ckpt beside it, and the first run's end is still in step000005.ckpt."""
+    cfg = codebook_config(update="ema", kmeans_init=True)
+
+    def fit(max_steps, folder, ckpt_path=None):
+        L.seed_everything(0)
+        model = CodebookTrainer(backbone="random:tiny", codebook=cfg, kmeans_init_batches=1)
+        dm = AudioDataModule(str(audio_dir), batch_size=2, val_fraction=0.0, seed=3)
+        checkpoint = RunCheckpoint(dirpath=folder, filename="step{step:06d}", auto_insert_metric_name=False,
+                                   every_n_train_steps=2, save_last=True, save_top_k=-1)
+        make_trainer(folder, max_steps=max_steps, callbacks=[checkpoint]).fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return {k: v.clone() for k, v in model.quantizer.state_dict().items()}
+
+    def step_of(path):
+        return torch.load(path, weights_only=False)["global_step"]
+
+    folder = tmp_path / "run"
+    fit(5, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step000002.ckpt", "step000004.ckpt", "step000005.ckpt"]
+    assert step_of(folder / "last.ckpt") == 5
+    resumed = fit(7, folder, ckpt_path=str(folder / "last.ckpt"))
+    straight = fit(7, tmp_path / "straight")
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=name)
+    assert step_of(folder / "last.ckpt") == 7
+    fit(3, folder)  # a fresh run into the same folder
+    assert step_of(folder / "last.ckpt") == 3 and not list(folder.glob("last-v*"))
+    assert step_of(folder / "step000005.ckpt") == 5
 
 
 def test_ema_codebook_trains_under_16_mixed_with_a_grad_scaler(tmp_path, audio_dir):
