@@ -32,7 +32,7 @@ from tests.conftest import write_tone  # noqa: E402
 
 FILES = 8  # one segment each; a multiple of 2 ranks x BATCH, so no rank pads its share
 BATCH = 2  # per rank
-STEPS = 4  # two epochs of two global batches
+STEPS = 3  # an epoch of two global batches and the first of the next
 RVQ_STAGES = 3
 
 
