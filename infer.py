@@ -18,9 +18,11 @@ STARTED_AT = time.perf_counter()  # before the heavy imports, which summary.json
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import datetime  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import lightning as L  # noqa: E402
@@ -36,7 +38,8 @@ from recon.lit import load_inference_codebook  # noqa: E402
 from recon.outputs import UsageError, check_output  # noqa: E402
 from recon.precision import SUPPORTED_PRECISIONS, UnsupportedPrecision, check_precision  # noqa: E402
 from recon.report import write_html_report  # noqa: E402
-from recon.inputs import InferenceFiles, collate_files  # noqa: E402
+from recon.inputs import FileBatches, InferenceFiles, collate_files, file_durations  # noqa: E402
+from recon.journal import Journal, weights_fingerprint  # noqa: E402
 from recon.predict import VariantRunner  # noqa: E402
 from recon.records import RunInfo  # noqa: E402
 from recon.variants import VARIANTS, Models, VariantSettings, resolve, sweep  # noqa: E402
@@ -70,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, exit_on_error=False)
     p.add_argument("--ckpt", help="trained codebook checkpoint (train.py); without it the codebook variants are skipped")
-    p.add_argument("--input", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="audio files, folders (searched recursively) and/or list files: .txt/.lst/.list one path per line, "
+                        ".csv/.tsv with a 'path' column; relative paths resolve against the list's folder")
     p.add_argument("--output", default="outputs/recon", help="output folder (default: %(default)s)")
     p.add_argument("--backbone", help=f"backbone source overriding the checkpoint's (default without --ckpt: {HUB_ID}); a folder, hub id or random:tiny|full")
     p.add_argument("--diffusion", help="AudioLDM2 pipeline source for ddcm_input/ddcm_noise/text2audio (cvssp/audioldm2, a folder, or random:tiny); without it those variants are skipped")
@@ -79,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="1", help="number of devices, or 'auto'")
     p.add_argument("--num-nodes", type=int, default=1, help="machines taking part (with a cluster launcher such as SLURM or torchrun; default: %(default)s)")
     p.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (Lightning strategies)")
+    p.add_argument("--ddp-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="timeout of the process group's collectives under a ddp strategy, and how long rank 0 waits for a rank "
+                        "whose heartbeat stopped; a rank may take longer than the others as long as it lives (default: %(default)s)")
     p.add_argument("--precision", default="32-true", type=precision_name, choices=SUPPORTED_PRECISIONS,
                    help="the networks run under autocast, the front-end, quantizer, filters and metrics stay float32 (default: %(default)s; Lightning runs 16-mixed as bf16-mixed on CPU)")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the VAE, vocoder and UNet (reduce-overhead adds CUDA graphs); 1.05x on 2 CPU cores after 140 s of compiling, not measured on a GPU (default: %(default)s)")
@@ -89,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
     p.add_argument("--griffinlim-iters", type=int, default=64, help="Griffin-Lim iterations of the griffinlim baseline")
     p.add_argument("--overwrite", action="store_true", help="remove what the previous run in --output wrote (listed in its .recon-manifest.json), then write; other files there stay")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output that was stopped: files it finished are kept and skipped; refused unless its "
+                        "settings and weights are these (a fresh run where none started)")
     p.add_argument("--verbose", action="store_true", help="also print Lightning's info messages and the library warnings recon hides")
     d = VariantSettings()
     g = p.add_argument_group("diffusion variants")
@@ -167,6 +178,21 @@ def load_models(args: argparse.Namespace) -> Models:
     return Models(backbone=backbone, frontend=MelFrontEnd(backbone.spec), quantizer=quantizer, diffusion=diffusion)
 
 
+# Settings that change how a run is carried out, not its results: a resumed run may change them.
+OPERATIONAL_SETTINGS = ("output", "accelerator", "devices", "num_nodes", "strategy", "ddp_timeout", "num_workers",
+                        "wandb", "wandb_project", "report_max_files", "report_embed")
+
+
+def build_strategy(name: str, timeout_s: float):
+    """A Lightning strategy by name; the DDP family built with the collectives' timeout ``timeout_s``."""
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+
+    entry = StrategyRegistry[name] if name in StrategyRegistry else None
+    if entry is None or not issubclass(entry["strategy"], DDPStrategy):
+        return name
+    return entry["strategy"](**entry["init_params"], timeout=datetime.timedelta(seconds=timeout_s))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(parse_args(argv))
@@ -189,14 +215,18 @@ def run(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         devices=int(args.devices) if args.devices.isdigit() else args.devices,
         num_nodes=args.num_nodes,
-        strategy=args.strategy,
+        strategy=build_strategy(args.strategy, args.ddp_timeout),
         precision=check_precision(args.precision),
         logger=False,
         enable_model_summary=False,
+        use_distributed_sampler=False,  # FileBatches shares the files between ranks, by duration
     )
+    journal = Journal(out)
+    resuming = args.resume and journal.exists()
     if is_launching_process(trainer):
         # Fail fast, before loading models; the writer checks again, on every rank, at setup.
-        check_output(out, args.overwrite)
+        if not resuming:
+            check_output(out, args.overwrite)
         check_writable(out)
     models = load_models(args)
     stages = models.quantizer.num_stages if models.quantizer is not None else 0
@@ -232,15 +262,29 @@ def run(args: argparse.Namespace) -> int:
             if "diffusion" in variant.requires:
                 prompt = settings.prompt if variant.name == "text2audio" else settings.refine_prompt
                 models.diffusion.prompt_embeddings(prompt, settings.guidance_scale)
-    run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite", "verbose")}
+    run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite", "verbose", "resume")}
     run_settings["backbone_source"] = models.backbone.source
     run_settings["backbone_weights"] = describe_weights(models.backbone.source)
-    info = RunInfo(variants, run_settings, settings, started_at=STARTED_AT, extra_outputs=("wandb/",) if args.wandb != "off" else ())
-    writer = ResultWriter(out, info, models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite)
+    identity = {"settings": {k: v for k, v in run_settings.items() if k not in OPERATIONAL_SETTINGS}, "weights": weights_fingerprint(models)}
+    info = RunInfo(variants, run_settings, settings, started_at=STARTED_AT, extra_outputs=("wandb/",) if args.wandb != "off" else (), identity=identity)
+    finished: set[int] = set()
+    if resuming:
+        if is_launching_process(trainer):
+            journal.check(identity)
+        names = journal.finished()
+        finished = {i for i, (_, rel) in enumerate(dataset.items) if rel in names}
+        log.info("--resume: %d of %d file(s) already done", len(finished), len(dataset))
+    writer = ResultWriter(out, info, models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite,
+                          resume=args.resume, rank_timeout=args.ddp_timeout)
     trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):
         raise UsageError(f"{len(dataset)} input file(s) for {trainer.world_size} processes: use at most {len(dataset)} devices")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_files)
+    plan = FileBatches(file_durations([path for path, _ in dataset.items]), args.batch_size, trainer.world_size, finished)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=args.num_workers, collate_fn=collate_files)
+    # Lightning cannot see that a custom batch sampler returns every index; FileBatches does (tested).
+    warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
+    if not plan.batches:  # --resume of a run whose files are all done: the summary is written again
+        warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks is zero")
     runner = VariantRunner(models, variants, settings, segment_batch=args.batch_size, compile_mode=args.compile)
     trainer.predict(runner, loader, return_predictions=False)
     if not trainer.is_global_zero:
