@@ -302,6 +302,9 @@ class ResultWriter(BasePredictionWriter):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._finished = True  # the exception is the run's outcome; no summary
+        if self._rank_journal is not None:
+            # Rank 0 learns it at once instead of waiting for the heartbeat to fall silent.
+            self._rank_journal.done(f"failed: {describe_error(exception)}")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         # A rank whose share is empty never reaches on_predict_end (Lightning skips its loop).
