@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ".csv/.tsv with a 'path' column; relative paths resolve against the list's folder")
     p.add_argument("--output", default="outputs/recon", help="output folder (default: %(default)s)")
     p.add_argument("--backbone", help=f"backbone source overriding the checkpoint's (default without --ckpt: {HUB_ID}); a folder, hub id or random:tiny|full")
-    p.add_argument("--diffusion", help="AudioLDM2 pipeline source for ddcm_input/ddcm_noise/text2audio (cvssp/audioldm2, a folder, or random:tiny); without it those variants are skipped")
+    p.add_argument("--diffusion", help="AudioLDM2 pipeline source for codebook_sdedit/ddcm_noise/text2audio (cvssp/audioldm2, cvssp/audioldm2-music, cvssp/audioldm2-large, a local snapshot of one, or random:tiny); without it those variants are skipped")
     p.add_argument("--variants", default="all", help=f"comma-separated variants or 'all'. {variant_help}")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     p.add_argument("--devices", default="1", help="number of devices, or 'auto'")
@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDIM steps of codebook_sdedit's SDEdit refinement and of text2audio generation; not DDCM's (see --ddcm-steps) (default: %(default)s)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
     g.add_argument("--refine-strength", type=number_list(float), default=[d.refine_strength], metavar="S[,S...]",
-                   help=f"ddcm_input SDEdit strength: 0 = codebook only, 1 = generation; several values give one ddcm_input@S column each (default: {d.refine_strength})")
-    g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of ddcm_input and ddcm_noise (default: empty, neutral)")
+                   help=f"codebook_sdedit SDEdit strength: 0 = codebook only, 1 = generation; several values give one codebook_sdedit@S column each (default: {d.refine_strength})")
+    g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of codebook_sdedit and ddcm_noise (default: empty, neutral)")
     g.add_argument("--prompt", default=d.prompt, help="text2audio prompt (default: %(default)r)")
     g.add_argument("--ddcm-steps", type=number_list(int), default=[d.ddcm_steps], metavar="T[,T...]",
                    help=f"ddcm_noise: steps of the DDCM sampler, i.e. the bitstream's length (not --diffusion-steps); with several values "
