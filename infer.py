@@ -18,9 +18,11 @@ STARTED_AT = time.perf_counter()  # before the heavy imports, which summary.json
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import datetime  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import lightning as L  # noqa: E402
@@ -28,6 +30,7 @@ import torch  # noqa: E402
 from torch.multiprocessing import ProcessRaisedException  # noqa: E402
 
 from recon.audio import MelFrontEnd  # noqa: E402
+from recon.ddcm_options import FLAGS as DDCM_FLAGS, add_arguments as add_ddcm_arguments  # noqa: E402
 from recon.backbone import HUB_ID, FrozenAudioLDM2, describe_weights  # noqa: E402
 from recon.compile import COMPILE_MODES  # noqa: E402
 from recon.console import configure_output  # noqa: E402
@@ -35,7 +38,8 @@ from recon.lit import load_inference_codebook  # noqa: E402
 from recon.outputs import UsageError, check_output  # noqa: E402
 from recon.precision import SUPPORTED_PRECISIONS, UnsupportedPrecision, check_precision  # noqa: E402
 from recon.report import write_html_report  # noqa: E402
-from recon.inputs import InferenceFiles, collate_files  # noqa: E402
+from recon.inputs import FileBatches, InferenceFiles, collate_files, file_durations  # noqa: E402
+from recon.journal import Journal, weights_fingerprint  # noqa: E402
 from recon.predict import VariantRunner  # noqa: E402
 from recon.records import RunInfo  # noqa: E402
 from recon.metrics import PERCEPTUAL_METRICS, VISQOL_METRICS  # noqa: E402
@@ -71,15 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, exit_on_error=False)
     d = VariantSettings()
     p.add_argument("--ckpt", help="trained codebook checkpoint (train.py); without it the codebook variants are skipped")
-    p.add_argument("--input", nargs="+", required=True, help="audio files and/or folders (searched recursively)")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="audio files, folders (searched recursively) and/or list files: .txt/.lst/.list one path per line, "
+                        ".csv/.tsv with a 'path' column; relative paths resolve against the list's folder")
     p.add_argument("--output", default="outputs/recon", help="output folder (default: %(default)s)")
     p.add_argument("--backbone", help=f"backbone source overriding the checkpoint's (default without --ckpt: {HUB_ID}); a folder, hub id or random:tiny|full")
-    p.add_argument("--diffusion", help="AudioLDM2 pipeline source for ddcm_input/ddcm_noise/text2audio (cvssp/audioldm2, a folder, or random:tiny); without it those variants are skipped")
+    p.add_argument("--diffusion", help="AudioLDM2 pipeline source for codebook_sdedit/ddcm_noise/text2audio (cvssp/audioldm2, cvssp/audioldm2-music, cvssp/audioldm2-large, a local snapshot of one, or random:tiny); without it those variants are skipped")
     p.add_argument("--variants", default="all", help=f"comma-separated variants or 'all'. {variant_help}")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     p.add_argument("--devices", default="1", help="number of devices, or 'auto'")
     p.add_argument("--num-nodes", type=int, default=1, help="machines taking part (with a cluster launcher such as SLURM or torchrun; default: %(default)s)")
     p.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (Lightning strategies)")
+    p.add_argument("--ddp-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="timeout of the process group's collectives under a ddp strategy, and how long rank 0 waits for a rank "
+                        "whose heartbeat stopped; a rank may take longer than the others as long as it lives (default: %(default)s)")
     p.add_argument("--precision", default="32-true", type=precision_name, choices=SUPPORTED_PRECISIONS,
                    help="the networks run under autocast, the front-end, quantizer, filters and metrics stay float32 (default: %(default)s; Lightning runs 16-mixed as bf16-mixed on CPU)")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the VAE, vocoder and UNet (reduce-overhead adds CUDA graphs); 1.05x on 2 CPU cores after 140 s of compiling, not measured on a GPU (default: %(default)s)")
@@ -92,18 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
     p.add_argument("--griffinlim-iters", type=int, default=64, help="Griffin-Lim iterations of the griffinlim baseline")
     p.add_argument("--overwrite", action="store_true", help="remove what the previous run in --output wrote (listed in its .recon-manifest.json), then write; other files there stay")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output that was stopped: files it finished are kept and skipped; refused unless its "
+                        "settings and weights are these (a fresh run where none started)")
     p.add_argument("--verbose", action="store_true", help="also print Lightning's info messages and the library warnings recon hides")
     g = p.add_argument_group("diffusion variants")
-    g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps, help="DDIM steps of ddcm_input's refinement and of text2audio (default: %(default)s)")
+    g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps,
+                   help="DDIM steps of codebook_sdedit's SDEdit refinement and of text2audio generation; not DDCM's (see --ddcm-steps) (default: %(default)s)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
     g.add_argument("--refine-strength", type=number_list(float), default=[d.refine_strength], metavar="S[,S...]",
-                   help=f"ddcm_input SDEdit strength: 0 = codebook only, 1 = generation; several values give one ddcm_input@S column each (default: {d.refine_strength})")
-    g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of ddcm_input and ddcm_noise (default: empty, neutral)")
+                   help=f"codebook_sdedit SDEdit strength: 0 = codebook only, 1 = generation; several values give one codebook_sdedit@S column each (default: {d.refine_strength})")
+    g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of codebook_sdedit and ddcm_noise (default: empty, neutral)")
     g.add_argument("--prompt", default=d.prompt, help="text2audio prompt (default: %(default)r)")
     g.add_argument("--ddcm-steps", type=number_list(int), default=[d.ddcm_steps], metavar="T[,T...]",
-                   help=f"ddcm_noise diffusion steps; with several values (or several --ddcm-k) one ddcm_noise@T<steps>-K<k> column per pair (default: {d.ddcm_steps})")
+                   help=f"ddcm_noise: steps of the DDCM sampler, i.e. the bitstream's length (not --diffusion-steps); with several values "
+                        f"(or several values of any --ddcm-* option) one ddcm_noise@T<steps>-K<k>[-<option><value>...] column each (default: {d.ddcm_steps})")
     g.add_argument("--ddcm-k", type=number_list(int), default=[d.ddcm_k], metavar="K[,K...]",
-                   help=f"ddcm_noise codebook size per step, a power of two; bits = (steps-1)·log2 K per 10.24 s (default: {d.ddcm_k})")
+                   help=f"ddcm_noise codebook size per step, a power of two; plain DDCM spends (steps-1)·log2 K bits per 10.24 s (default: {d.ddcm_k})")
+    add_ddcm_arguments(p.add_argument_group("ddcm_noise sampler options (recon.ddcm_options; each one sweepable, each point its own column and bitrate)"),
+                       d.ddcm_options, many=True, list_type=number_list)
     p.add_argument("--wandb", choices=("off", "offline", "online"), default="offline",
                    help="log a W&B table of the results: offline into OUT/wandb/ (default; `wandb sync` uploads it later), online, or off")
     p.add_argument("--wandb-project", default="recon", help="W&B project of the run (default: %(default)s)")
@@ -173,6 +189,21 @@ def load_models(args: argparse.Namespace) -> Models:
     return Models(backbone=backbone, frontend=MelFrontEnd(backbone.spec), quantizer=quantizer, diffusion=diffusion)
 
 
+# Settings that change how a run is carried out, not its results: a resumed run may change them.
+OPERATIONAL_SETTINGS = ("output", "accelerator", "devices", "num_nodes", "strategy", "ddp_timeout", "num_workers",
+                        "wandb", "wandb_project", "report_max_files", "report_embed")
+
+
+def build_strategy(name: str, timeout_s: float):
+    """A Lightning strategy by name; the DDP family built with the collectives' timeout ``timeout_s``."""
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+
+    entry = StrategyRegistry[name] if name in StrategyRegistry else None
+    if entry is None or not issubclass(entry["strategy"], DDPStrategy):
+        return name
+    return entry["strategy"](**entry["init_params"], timeout=datetime.timedelta(seconds=timeout_s))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(parse_args(argv))
@@ -195,14 +226,18 @@ def run(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         devices=int(args.devices) if args.devices.isdigit() else args.devices,
         num_nodes=args.num_nodes,
-        strategy=args.strategy,
+        strategy=build_strategy(args.strategy, args.ddp_timeout),
         precision=check_precision(args.precision),
         logger=False,
         enable_model_summary=False,
+        use_distributed_sampler=False,  # FileBatches shares the files between ranks, by duration
     )
+    journal = Journal(out)
+    resuming = args.resume and journal.exists()
     if is_launching_process(trainer):
         # Fail fast, before loading models; the writer checks again, on every rank, at setup.
-        check_output(out, args.overwrite)
+        if not resuming:
+            check_output(out, args.overwrite)
         check_writable(out)
     models = load_models(args)
     stages = models.quantizer.num_stages if models.quantizer is not None else 0
@@ -217,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--opus-kbps: {err}") from None
     sweeps = {"refine_strength": args.refine_strength, "ddcm_steps": args.ddcm_steps, "ddcm_k": args.ddcm_k, "rvq_stages": rvq_stages,
               "opus_kbps": args.opus_kbps}
+    sweeps.update({f"ddcm_{name}": getattr(args, f"ddcm_{name}") for name in DDCM_FLAGS})
     variants = sweep(resolve(args.variants, available), sweeps)
     dataset = InferenceFiles(args.input, models.backbone.spec)
     if len(dataset) == 0:
@@ -233,22 +269,40 @@ def run(args: argparse.Namespace) -> int:
         ddcm_steps=args.ddcm_steps[0],
         ddcm_k=args.ddcm_k[0],
         opus_kbps=args.opus_kbps[0],
+        **{f"ddcm_{name}": getattr(args, f"ddcm_{name}")[0] for name in DDCM_FLAGS},
     )
+    for variant in variants:
+        if variant.name.split("@")[0] == "ddcm_noise":  # every point's options are valid, before any model runs
+            variant.settings(settings).ddcm_options.check_schedule(models.diffusion.schedule.num_train_timesteps)
     if models.diffusion is not None:
         # Prompt embeddings once, on the CPU where the text encoders stay, before the UNet moves.
         for variant in variants:
             if "diffusion" in variant.requires:
                 prompt = settings.prompt if variant.name == "text2audio" else settings.refine_prompt
                 models.diffusion.prompt_embeddings(prompt, settings.guidance_scale)
-    run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite", "verbose")}
+    run_settings = {k: v for k, v in vars(args).items() if k not in ("overwrite", "verbose", "resume")}
     run_settings["backbone_source"] = models.backbone.source
     run_settings["backbone_weights"] = describe_weights(models.backbone.source)
-    info = RunInfo(variants, run_settings, settings, started_at=STARTED_AT, extra_outputs=("wandb/",) if args.wandb != "off" else ())
-    writer = ResultWriter(out, info, models.backbone.spec, perceptual=perceptual_metrics(args), overwrite=args.overwrite)
+    identity = {"settings": {k: v for k, v in run_settings.items() if k not in OPERATIONAL_SETTINGS}, "weights": weights_fingerprint(models)}
+    info = RunInfo(variants, run_settings, settings, started_at=STARTED_AT, extra_outputs=("wandb/",) if args.wandb != "off" else (), identity=identity)
+    finished: set[int] = set()
+    if resuming:
+        if is_launching_process(trainer):
+            journal.check(identity)
+        names = journal.finished()
+        finished = {i for i, (_, rel) in enumerate(dataset.items) if rel in names}
+        log.info("--resume: %d of %d file(s) already done", len(finished), len(dataset))
+    writer = ResultWriter(out, info, models.backbone.spec, perceptual=perceptual_metrics(args), overwrite=args.overwrite,
+                          resume=args.resume, rank_timeout=args.ddp_timeout)
     trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):
         raise UsageError(f"{len(dataset)} input file(s) for {trainer.world_size} processes: use at most {len(dataset)} devices")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_files)
+    plan = FileBatches(file_durations([path for path, _ in dataset.items]), args.batch_size, trainer.world_size, finished)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=args.num_workers, collate_fn=collate_files)
+    # Lightning cannot see that a custom batch sampler returns every index; FileBatches does (tested).
+    warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
+    if not plan.batches:  # --resume of a run whose files are all done: the summary is written again
+        warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks is zero")
     runner = VariantRunner(models, variants, settings, segment_batch=args.batch_size, compile_mode=args.compile)
     trainer.predict(runner, loader, return_predictions=False)
     if not trainer.is_global_zero:

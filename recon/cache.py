@@ -5,7 +5,8 @@ Layout: ``<root>/<backbone fingerprint>/<file content hash>_<segment>.npy``, eac
 i.e. 90 MiB per hour of audio. Entries are written one by one (atomically), so an interrupted build
 keeps what it finished; they are read memory-mapped, so training memory does not grow with the
 dataset. A changed file has another content hash and a changed backbone another fingerprint:
-stale entries are simply never read again.
+stale entries are simply never read again. Checking that a cache is complete reads no audio when
+the files' sizes and modification times are those recorded with their hashes (``digests.json``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from .audio import MelFrontEnd
 from .backbone import FrozenAudioLDM2
 from .codec import tensors_fingerprint
-from .files import write_npy
+from .files import write_npy, write_text
 from .windows import encode_windows
 
 
@@ -57,19 +58,56 @@ def backbone_fingerprint(backbone: FrozenAudioLDM2) -> str:
 
 
 class LatentCache:
+    """Entries are keyed by the content hash of their file. Hashing a corpus reads all of it, so the
+    hashes are kept in ``<dir>/digests.json`` (``{absolute path: [size, mtime_ns, digest]}``): a file
+    whose size and modification time are those recorded is not read again; any other is re-hashed."""
+
+    INDEX = "digests.json"
+
     def __init__(self, root: str | Path, fingerprint: str):
         self.dir = Path(root) / fingerprint
         self._digests: dict[Path, str] = {}
+        self._index = self._read_index()
+        self._dirty = False
+
+    def _read_index(self) -> dict[str, list]:
+        try:
+            return json.loads((self.dir / self.INDEX).read_text())
+        except (OSError, ValueError):
+            return {}  # none yet, or damaged: the files are hashed again
+
+    def save_index(self) -> None:
+        """Record the hashes computed since the last save, with those other ranks recorded meanwhile."""
+        if not self._dirty:
+            return
+        merged = {**self._read_index(), **self._index}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.dir / self.INDEX, json.dumps(merged))
+        self._dirty = False
+
+    def digest(self, path: Path) -> str:
+        if path not in self._digests:
+            stat = path.stat()
+            key = str(path.resolve())
+            known = self._index.get(key)
+            if known is not None and known[:2] == [stat.st_size, stat.st_mtime_ns]:
+                self._digests[path] = known[2]
+            else:
+                self._digests[path] = file_digest(path)
+                self._index[key] = [stat.st_size, stat.st_mtime_ns, self._digests[path]]
+                self._dirty = True
+        return self._digests[path]
 
     def entry(self, dataset: SegmentDataset, index: int) -> Path:
         seg = dataset.segments[index]
-        if seg.path not in self._digests:
-            self._digests[seg.path] = file_digest(seg.path)
-        return self.dir / f"{self._digests[seg.path]}_{seg.index}.npy"
+        return self.dir / f"{self.digest(seg.path)}_{seg.index}.npy"
 
     def missing(self, dataset: SegmentDataset, indices: list[int] | None = None) -> list[int]:
         indices = range(len(dataset)) if indices is None else indices
-        return [i for i in indices if not self.entry(dataset, i).is_file()]
+        absent = [i for i in indices if not self.entry(dataset, i).is_file()]
+        if self.dir.is_dir():
+            self.save_index()
+        return absent
 
     @torch.no_grad()
     def build(
@@ -94,6 +132,7 @@ class LatentCache:
             stacked = torch.stack([posterior.mean, posterior.std], dim=1).float().cpu().numpy()
             for index, array in zip(batch["index"].tolist(), stacked):
                 write_npy(self.entry(dataset, index), array)
+        self.save_index()
         return len(todo)
 
 

@@ -6,33 +6,68 @@
     recon listen OUT --out session.html              # blinded listening test of an infer.py folder
 
 A file decodes from itself and the named model alone; decoding refuses a model whose weights differ
-from those the file was encoded with. A bad input costs one line on stderr and the other inputs go
-on (exit status 1); an existing output is kept unless --overwrite (exit status 2 for a usage error).
+from those the file was encoded with. A bad input -- unreadable, foreign, corrupt, or a header or
+payload outside what recon writes -- costs one line on stderr and the other inputs go on (exit
+status 1); an existing output is kept unless --overwrite (exit status 2 for a usage error).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from . import files
-from .console import configure_output
-from .audio import MelFrontEnd
-from .codec import codebook_container, ddcm_container, decode_container
-from .container import SUFFIX, ContainerError, dumps, loads
-from .inputs import find_files
-from .windows import Windows
+from .console import LOG_FORMAT, configure_output
+from .container import SUFFIX, Container, dumps, loads
+from .folders import find_files
 
+# torch and everything that imports it (recon.audio, recon.codec, recon.variants) are imported where
+# encoding and decoding need them: `recon info` reads headers only and starts without them.
 log = logging.getLogger("recon.cli")
 
+# --format: soundfile's (format, subtype) and the output suffix.
+OUTPUT_FORMATS = {
+    "wav16": ("WAV", "PCM_16", ".wav"),
+    "wav24": ("WAV", "PCM_24", ".wav"),
+    "float": ("WAV", "FLOAT", ".wav"),
+    "flac": ("FLAC", "PCM_16", ".flac"),
+}
+# Resampling to a rate whose ratio to the model's reduces to more than this (numerator times
+# denominator) builds a huge polyphase kernel; such a rate is refused instead.
+MAX_RESAMPLING_RATIO_TERMS = 1 << 20
 
-def _device(name: str) -> torch.device:
+
+def _no_grad(fn):
+    """``torch.no_grad()`` as a decorator that imports torch only when ``fn`` runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _describe(err: Exception, rel: str) -> str:
+    """One line for one file's failure: recon's own messages as they are, anything else with its type."""
+    message = " ".join(str(err).split()).removeprefix(rel + ": ")
+    if isinstance(err, (ValueError, OSError)) and message:
+        return message
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def _device(name: str):
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -76,6 +111,9 @@ def _report(failures: list[str], done: int, what: str, out: Path) -> int:
 
 # ---------------------------------------------------------------------- encode
 def encode(args) -> int:
+    import torch
+
+    from .audio import MelFrontEnd
     from .inputs import InferenceFiles, output_relpath
 
     backbone, quantizer, diffusion, device = _load(args)
@@ -84,6 +122,7 @@ def encode(args) -> int:
             raise ValueError("--codec ddcm needs --diffusion (the AudioLDM2 pipeline whose UNet codes the noise)")
         if args.ddcm_k < 2 or args.ddcm_k & (args.ddcm_k - 1) or args.ddcm_steps < 2:
             raise ValueError(f"--ddcm-k must be a power of two >= 2 and --ddcm-steps >= 2, got {args.ddcm_k} and {args.ddcm_steps}")
+        _ddcm_settings(args).ddcm_options.check_schedule(diffusion.schedule.num_train_timesteps)
         stages = 1
     else:
         if quantizer is None:
@@ -120,7 +159,7 @@ def encode(args) -> int:
                 containers = []
             for (item, target), container in zip(todo, containers):
                 try:
-                    files.write_bytes(target, dumps(container))
+                    files.write_bytes(target, dumps(with_input_format(container, item["path"])))
                     done += 1
                 except OSError as err:
                     failures.append(f"{item['relpath']}: cannot write {target}: {err.strerror or err}")
@@ -128,39 +167,73 @@ def encode(args) -> int:
     return _report(failures, done, "encoded", out)
 
 
+def with_input_format(container: Container, path: str) -> Container:
+    """``container`` with the encoded file's own sample rate and channel count in its header (what
+    ``recon decode --sample-rate original`` restores), when the file's header says them."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+        rate, channels = info.samplerate, info.channels
+    except Exception:  # a container soundfile does not know (m4a, ...): audioread, as librosa reads it
+        try:
+            import audioread
+
+            with audioread.audio_open(path) as f:
+                rate, channels = f.samplerate, f.channels
+        except Exception:
+            log.warning("%s: its sample rate and channel count are unknown; the file records 16000 Hz mono", path)
+            return container
+    return Container(dict(container.header, input_sample_rate=int(rate), input_channels=int(channels)), container.payload)
+
+
 def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size: int, code) -> list[tuple[list, list[int]]]:
     """Per file: (per-segment codes, segment lengths). Segments of all files are batched by length
-    (as infer.py batches them); ``code(posterior_mean)`` gives one code tensor per segment."""
+    (as infer.py batches them); ``code(posterior_mean, logmel)`` gives one code tensor per segment."""
+    from .windows import Windows
+
     windows = Windows([item["wav"] for item in items], backbone.spec)
     codes: list = [None] * len(windows)
-    for chunk, _, posterior in windows.encoded(frontend, backbone, batch_size, device):
-        for i, code_i in zip(chunk, code(posterior.mean.float())):
+    for chunk, logmel, posterior in windows.encoded(frontend, backbone, batch_size, device):
+        for i, code_i in zip(chunk, code(posterior.mean.float(), logmel)):
             codes[i] = code_i.cpu()
     return [([codes[s] for s in windows.of_file(f)], windows.lengths(windows.of_file(f))) for f in range(len(items))]
 
 
-@torch.no_grad()
-def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args) -> list:
-    from .ddcm import compress
+def _ddcm_settings(args):
+    from .ddcm_options import FLAGS
     from .variants import VariantSettings
 
-    settings = VariantSettings(seed=args.seed, guidance_scale=args.guidance_scale, refine_prompt=args.prompt,
-                               ddcm_steps=args.ddcm_steps, ddcm_k=args.ddcm_k)
+    return VariantSettings(seed=args.seed, guidance_scale=args.guidance_scale, refine_prompt=args.prompt, ddcm_steps=args.ddcm_steps,
+                           ddcm_k=args.ddcm_k, **{f"ddcm_{name}": getattr(args, f"ddcm_{name}") for name in FLAGS})
+
+
+@_no_grad
+def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args) -> list:
+    from .codec import ddcm_container
+    from .ddcm import compress
+    from .variants import logmel_error
+
+    settings = _ddcm_settings(args)
+    options = settings.ddcm_options
     denoiser = diffusion.denoiser(settings.refine_prompt, settings.guidance_scale)
 
-    def code(mean):
-        return compress(denoiser, mean * diffusion.scaling_factor, settings.ddcm_steps, settings.ddcm_k, settings.seed)[0]
+    def code(mean, logmel):
+        scale = diffusion.scaling_factor
+        rerank = logmel_error(backbone, logmel, scale) if options.rerank > 1 else None
+        return compress(denoiser, mean * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed, options, rerank)[0]
 
     encoded = _encoded_segments(items, backbone, frontend, device, args.batch_size, code)
     return [ddcm_container(codes, lengths, item["wav"].numel(), settings, diffusion, backbone, item["level"])
             for item, (codes, lengths) in zip(items, encoded)]
 
 
-@torch.no_grad()
+@_no_grad
 def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1, entropy: bool = True) -> list:
     """Codebook containers of some files."""
+    from .codec import codebook_container
 
-    def code(mean):
+    def code(mean, logmel):
         # One stage: [B, time, freq] as codebook_hard writes it; a ladder: [B, stages, time, freq].
         return quantizer.quantize_indices(mean) if stages == 1 else quantizer.residual_indices(mean, stages)
 
@@ -175,44 +248,68 @@ def _recn_files(inputs: list[str]) -> list[tuple[Path, str]]:
 
 
 def decode(args) -> int:
+    from .codec import decode_container
+
     inputs = _recn_files(args.inputs)
     if not inputs:
         raise ValueError(f"no {SUFFIX} files found in {' '.join(args.inputs)}")
     backbone, quantizer, diffusion, device = _load(args)
+    audio_format, subtype, suffix = OUTPUT_FORMATS[args.format]
     out = Path(args.out)
     failures, done = [], 0
     for path, rel in tqdm(inputs, unit="file", desc="decode", disable=args.quiet):
-        target = out / Path(rel).with_suffix(".wav")
+        target = out / Path(rel).with_suffix(suffix)
         if target.exists() and not args.overwrite:
             failures.append(f"{rel}: {target} exists; pass --overwrite to replace it")
             continue
-        try:
+        try:  # any failure is this file's: one line, and the other files go on
             container = loads(path.read_bytes())
             wav = decode_container(container, backbone, quantizer, diffusion, path=rel, batch_size=args.batch_size)
-        except (ContainerError, ValueError, OSError) as err:  # ModelMismatch is a ValueError
-            failures.append(f"{rel}: {' '.join(str(err).split()).removeprefix(rel + ': ')}")
+            if not args.normalised:
+                wav = wav * container.header["level"]
+            rate = container.get("input_sample_rate") if args.sample_rate == "original" else int(args.sample_rate)
+            samples = _resampled(wav.float().cpu(), container.header["sample_rate"], rate).numpy()
+        except Exception as err:
+            failures.append(f"{rel}: {_describe(err, rel)}")
             continue
-        if not args.normalised:
-            wav = wav * container.header["level"]
+        if subtype != "FLOAT":
+            clipped = int((abs(samples) > 1.0).sum())
+            if clipped:
+                log.warning("%s: %d sample(s) beyond full scale clipped (--format float keeps them)", rel, clipped)
+                samples = samples.clip(-1.0, 1.0)
         try:
-            files.write_wav(target, wav.cpu().numpy(), container.header["sample_rate"])
+            files.write_wav(target, samples, rate, subtype=subtype, format=audio_format)
             done += 1
-        except OSError as err:
-            failures.append(f"{rel}: cannot write {target}: {err.strerror or err}")
+        except Exception as err:
+            failures.append(f"{rel}: cannot write {target}: {getattr(err, 'strerror', None) or _describe(err, rel)}")
     return _report(failures, done, "decoded", out)
+
+
+def _resampled(wav, rate: int, target_rate: int):
+    """``wav`` at ``target_rate``, by torchaudio's resampler (the one the front-end uses)."""
+    if target_rate == rate:
+        return wav
+    g = math.gcd(rate, target_rate)
+    if (rate // g) * (target_rate // g) > MAX_RESAMPLING_RATIO_TERMS:
+        raise ValueError(f"cannot resample {rate} Hz to {target_rate} Hz (ratio {target_rate // g}/{rate // g}); pass --sample-rate {rate}")
+    import torchaudio.functional as AF
+
+    return AF.resample(wav, orig_freq=rate, new_freq=target_rate)
 
 
 # ---------------------------------------------------------------------- info
 def info(args) -> int:
+    """Header, size and measured bitrate of each file, one JSON line each; reads no model (and no torch)."""
     failures = []
     for path, rel in _recn_files(args.inputs):
-        try:
+        try:  # any failure is this file's: one line, and the other files go on
             data = path.read_bytes()
             container = loads(data)
-        except (ContainerError, OSError) as err:
-            failures.append(f"{rel}: {err}")
+            defaults = {key: container.get(key) for key in ("input_sample_rate", "input_channels")}
+            header = dict(defaults, **container.header, bytes=len(data), measured_bps=len(data) * 8 / container.duration)
+        except Exception as err:
+            failures.append(f"{rel}: {_describe(err, rel)}")
             continue
-        header = dict(container.header, bytes=len(data), measured_bps=len(data) * 8 / container.duration)
         print(json.dumps({"file": rel, **header}))
     for line in failures:
         print(f"error: {line}", file=sys.stderr)
@@ -221,10 +318,20 @@ def info(args) -> int:
 
 # ---------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    return build_parser(for_info=command == "info").parse_args(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _NoDefaults:
+    """Stands in for recon.variants' settings in a parser that only ``recon info`` uses: the encode
+    options' defaults are never read there, and importing recon.variants would import torch."""
+
+    def __getattr__(self, name):
+        return None
+
+
+def build_parser(for_info: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true", help="also print the libraries' info messages and warnings that recon hides")
@@ -247,23 +354,36 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--codec", default="codebook", choices=("codebook", "rvq", "ddcm"),
                      help="codebook: the nearest trained code per latent vector, log2 K bits each (codebook_hard); "
                           "rvq: the residual ladder of a multi-stage checkpoint, stages x log2 K bits (codebook_rvq@N); "
-                          "ddcm: the noise choices of true DDCM, (steps - 1) x log2 K bits per segment (ddcm_noise)")
+                          "ddcm: the noise choices of true DDCM, (steps - 1) x log2 K bits per segment for plain DDCM; the --ddcm-* options "
+                          "change that as recon.ddcm_options defines (ddcm_noise); decoding reads them from the file")
     enc.add_argument("--fixed-rate", action="store_true", help="write indices at log2 K bits each instead of range-coding them under the checkpoint's code frequencies")
     enc.add_argument("--stages", type=int, help="residual stages to code with (default: 1 for codebook, all for rvq)")
-    from .variants import VariantSettings
+    from .ddcm_options import add_arguments as add_ddcm_arguments
 
-    d = VariantSettings()
+    if for_info:
+        d = _NoDefaults()
+    else:
+        from .variants import VariantSettings
+
+        d = VariantSettings()
     g = enc.add_argument_group("ddcm")
-    g.add_argument("--ddcm-steps", type=int, default=d.ddcm_steps, help="diffusion steps (default: %(default)s)")
+    g.add_argument("--ddcm-steps", type=int, default=d.ddcm_steps, help="steps of the DDCM sampler, i.e. the bitstream's length (default: %(default)s)")
     g.add_argument("--ddcm-k", type=int, default=d.ddcm_k, help="noise codebook size per step, a power of two (default: %(default)s)")
+    add_ddcm_arguments(g, *([] if for_info else [d.ddcm_options]))
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the shared noise codebooks (default: %(default)s)")
     g.add_argument("--prompt", default=d.refine_prompt, help="text conditioning (default: empty)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
     enc.add_argument("--num-workers", type=int, default=0, help="audio loading workers")
     model_options(enc)
-    dec = sub.add_parser("decode", help=".recn files -> wav files", description="Decode .recn files (or folders of them) to 16 kHz wav.")
+    dec = sub.add_parser("decode", help=".recn files -> audio files", description="Decode .recn files (or folders of them) to wav or flac files.")
     dec.add_argument("inputs", nargs="+", metavar="FILE", help=".recn files and/or folders (searched recursively)")
     dec.add_argument("--normalised", action="store_true", help="keep the model's peak-normalised level instead of the input's own loudness")
+    dec.add_argument("--format", choices=tuple(OUTPUT_FORMATS), default="wav16",
+                     help="wav16 / wav24: 16- / 24-bit PCM wav (samples beyond full scale are clipped); float: 32-bit float wav; "
+                          "flac: 16-bit FLAC (default: %(default)s)")
+    dec.add_argument("--sample-rate", default="16000", type=_output_rate, metavar="original|HZ",
+                     help="a rate in Hz (default: %(default)s, the model's), or original: the encoded file's own rate, resampled "
+                          "with torchaudio's resampler (16000 Hz for files that predate recording it)")
     model_options(dec)
     # `recon listen ...` is parsed by recon.listen itself (main() hands it over before this parser).
     sub.add_parser("listen", add_help=False, help="blinded A/B and MUSHRA listening session of an infer.py folder; "
@@ -274,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_rate(value: str) -> str:
+    from .container import SAMPLE_RATES
+
+    if value != "original" and not (value.isdigit() and SAMPLE_RATES[0] <= int(value) <= SAMPLE_RATES[1]):
+        raise argparse.ArgumentTypeError(f"expected original or a rate in [{SAMPLE_RATES[0]}, {SAMPLE_RATES[1]}] Hz, got {value!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["listen"]:
@@ -282,7 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         configure_output(verbose=False)
         return listen_main(argv[1:])
     args = parse_args(argv)
-    configure_output(verbose=args.verbose)
+    if args.command == "info":
+        # No model is loaded, so only recon's own logging needs setting (configure_output imports
+        # diffusers and transformers, and with them torch).
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=LOG_FORMAT)
+    else:
+        configure_output(verbose=args.verbose)
     try:
         return {"encode": encode, "decode": decode, "info": info}[args.command](args)
     except (ValueError, FileNotFoundError) as err:

@@ -34,6 +34,34 @@ from .distributed import rank as _rank
 from .distributed import world_size as _world
 
 
+# The range coder's fixed-point probabilities (constriction's default categorical model: 24 bits).
+PRIOR_PRECISION = 24
+
+
+def quantise_prior(weights: Tensor, smoothing: float = 0.0, precision: int = PRIOR_PRECISION) -> Tensor:
+    """Integer weights ``w`` (int64, each >= 1, summing to ``2 ** precision``) proportional to
+    ``weights + smoothing``, in exact rational arithmetic. With ``c_i`` the exact values of the
+    floats, ``S = sum c`` and ``D = 2 ** precision - n``: ``w_i = 1 + floor(c_i D / S)``; the
+    ``D - sum floor(.)`` units still missing go one each to the largest remainders ``c_i D mod S``
+    (ties: the lower index). No float sum enters, so every CPU makes the same table from the same
+    stored counts (float64 sums differ in the last bit between SIMD widths and architectures)."""
+    values = [float(v) for v in weights.detach().cpu().double().reshape(-1).tolist()] + [float(smoothing)]
+    if not all(math.isfinite(v) and v >= 0 for v in values) or len(values) - 1 >= (1 << precision):
+        raise ValueError("prior weights must be finite and non-negative, fewer than 2 ** precision")
+    ratios = [v.as_integer_ratio() for v in values]  # exact: every denominator is a power of two
+    common = max(den for _, den in ratios)
+    *counts, extra = (num * (common // den) for num, den in ratios)
+    counts = [c + extra for c in counts]
+    total, free = sum(counts), (1 << precision) - len(counts)
+    if total == 0:
+        raise ValueError("prior weights sum to zero")
+    shares = [divmod(c * free, total) for c in counts]
+    table = [1 + q for q, _ in shares]
+    for i in sorted(range(len(shares)), key=lambda i: (-shares[i][1], i))[: free - sum(q for q, _ in shares)]:
+        table[i] += 1
+    return torch.tensor(table, dtype=torch.int64)
+
+
 @dataclass
 class CodebookConfig:
     """The vector quantizer over the VAE latent.
@@ -326,13 +354,13 @@ class VectorQuantizer(nn.Module):
         return rearrange(F.embedding(indices, self.codebook), "b ... d -> b d ...")
 
     def code_probabilities(self, stages: int | None = None) -> list[Tensor] | None:
-        """Each stage's prior over its codes (float64, every code > 0), or None if a stage has none."""
+        """Each stage's prior over its codes, or None if a stage has none: float64, every code > 0,
+        exactly the range coder's integer table over ``2 ** PRIOR_PRECISION`` (:func:`quantise_prior`
+        of the code frequencies with half a count of Laplace smoothing, so an unseen code stays codable)."""
         books = [self, *self.residual][: stages or self.num_stages]
-        if any(float(b.code_frequency.sum()) <= 0 for b in books):
+        if any(not bool((b.code_frequency > 0).any()) for b in books):
             return None
-        # Half a count of Laplace smoothing: a code unseen in training stays codable.
-        counts = [b.code_frequency.detach().double().cpu() + 0.5 for b in books]
-        return [c / c.sum() for c in counts]
+        return [quantise_prior(b.code_frequency, smoothing=0.5).double() / (1 << PRIOR_PRECISION) for b in books]
 
     @torch.no_grad()
     def residual_indices(self, z: Tensor, stages: int | None = None) -> Tensor:

@@ -10,9 +10,12 @@ and fingerprints of the weights it must be decoded with:
   range-coded (``constriction``) under each stage's code frequencies (``coding: categorical``)
   when that is smaller; otherwise, or without frequencies, written at ``log2 K`` bits (``coding:
   fixed``). The nominal rate is ``log2 K`` either way.
-* ``ddcm``: the indices of true DDCM (recon.ddcm), ``log2 K`` bits per segment and step, with the
-  steps, K, seed, prompt and guidance that replay the sampler; its noise is recon.ddcm's portable
-  generator, so a file encoded on one device decodes on any other.
+* ``ddcm``: the choices of true DDCM (recon.ddcm): plain DDCM writes ``log2 K`` bits per segment and
+  step; with options (recon.ddcm_options: coded range, eta schedule, late K, noise mixing with P
+  atoms and CB-bit levels, ...) the exact layout and bits are recon.ddcm_options'. The header holds
+  the steps, K, seed, prompt and guidance, and under ``ddcm`` every option that differs from plain
+  DDCM, so the file replays the sampler alone; its noise is recon.ddcm's portable generator, so a
+  file encoded on one device decodes on any other.
 
 Fingerprints hash the weights themselves (float32 bytes), so a renamed or copied checkpoint still
 matches and a retrained one does not.
@@ -31,10 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from .audio import TAIL_FRAMES, length_chunks, segment_lengths
-from .container import Container
-from .ddcm import NOISE_GENERATOR, decompress
+from .container import CODEC_FIELDS, Container
+from .codebook import PRIOR_PRECISION
+from .ddcm import NOISE_GENERATOR, coded_sizes, decompress
+from .ddcm_options import DDCMOptions, pack_codes, unpack_codes
 
-CODECS = ("codebook", "ddcm")
+CODECS = tuple(CODEC_FIELDS)
 
 
 class ModelMismatch(ValueError):
@@ -81,8 +86,13 @@ def codebook_fingerprint(quantizer, stages: int = 1) -> str:
     return _memo(quantizer, f"codebook:{stages}", lambda: tensors_fingerprint(named))
 
 
-def prior_fingerprint(probabilities: list[Tensor]) -> str:
-    return tensors_fingerprint([(f"stage{s}", p) for s, p in enumerate(probabilities)])
+def prior_fingerprint(tables: list[np.ndarray]) -> str:
+    """The range coder's integer prior tables themselves (what the coder uses, bit for bit)."""
+    h = hashlib.sha256()
+    for s, table in enumerate(tables):
+        h.update(f"stage{s}:{PRIOR_PRECISION}:{len(table)}".encode())
+        h.update(np.asarray(table, dtype="<i8").tobytes())
+    return h.hexdigest()[:16]
 
 
 def check_model(container: Container, expected: dict[str, str], path: str = "") -> None:
@@ -112,25 +122,72 @@ def unpack_indices(data: bytes, bits: int, count: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- entropy coding
+# A range coder's output cannot be shorter than the information content of what it coded under its
+# model, less the coder's 64-bit state; a longer claim means the decoder would read past the data.
+RANGE_CODER_SLACK_BITS = 64
+
+
+def prior_tables(quantizer, stages: int) -> list[np.ndarray] | None:
+    """Each stage's range-coding prior as integer weights (int64, each >= 1, summing to
+    ``2 ** PRIOR_PRECISION``), exactly ``quantizer.code_probabilities`` (dyadic by construction)."""
+    priors = quantizer.code_probabilities(stages)
+    if priors is None:
+        return None
+    return [np.rint(p.numpy() * (1 << PRIOR_PRECISION)).astype(np.int64) for p in priors]
+
+
+def _categorical(table: np.ndarray):
+    """constriction's categorical model whose fixed-point weights are exactly ``table``.
+
+    constriction's fast quantisation (``perfect=False``) gives symbol i the left cumulative
+    ``floor(cumsum_{j<i}(q_j) * (2^24 - n) / sum(q)) + i``. With ``q = table - 1`` (whole numbers,
+    exact in float64, summing to 2^24 - n) the scale is exactly 1 and every product is exact, so
+    the model is ``table`` itself on any CPU: no float rounding is left to differ."""
+    import constriction
+
+    return constriction.stream.model.Categorical((np.asarray(table, dtype=np.int64) - 1).astype(np.float64), perfect=False)
+
+
+def _information_bits(symbols: np.ndarray, table: np.ndarray) -> float:
+    return float(PRIOR_PRECISION * symbols.size - np.log2(table[symbols].astype(np.float64)).sum())
+
+
 def range_encode(blocks: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """Range-code blocks of (symbols, probabilities over the alphabet) one after the other."""
+    """Range-code blocks of (symbols, integer prior table) one after the other."""
     import constriction
 
     encoder = constriction.stream.queue.RangeEncoder()
-    for symbols, probabilities in blocks:
-        # perfect=False: constriction's fast quantisation of the model, identical on encode and decode.
-        encoder.encode(np.ascontiguousarray(symbols, dtype=np.int32), constriction.stream.model.Categorical(probabilities, perfect=False))
+    for symbols, table in blocks:
+        encoder.encode(np.ascontiguousarray(symbols, dtype=np.int32), _categorical(table))
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
 def range_decode(data: bytes, blocks: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
-    """The symbols of blocks of (count, probabilities), as :func:`range_encode` wrote them."""
+    """The symbols of blocks of (count, integer prior table), as :func:`range_encode` wrote them.
+
+    Refuses, before decoding, a count the payload cannot hold even if every symbol were the most
+    probable one (``-log2 p_max`` bits each), and, while decoding, symbols whose information content
+    exceeds the payload: either way the decoder would be reading past the data."""
     import constriction
 
     if len(data) % 4:
         raise ValueError(f"range-coded payload of {len(data)} bytes is not whole 32-bit words")
+    available = 8 * len(data) + RANGE_CODER_SLACK_BITS
+    total = sum(count for count, _ in blocks)
+    least = sum(count * (PRIOR_PRECISION - math.log2(int(table.max()))) for count, table in blocks)
+    if least > available:
+        raise ValueError(f"range-coded payload of {len(data)} bytes cannot hold {total} indices (at least {least:.0f} bits under the prior)")
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-    return [decoder.decode(constriction.stream.model.Categorical(p, perfect=False), count).astype(np.int64) for count, p in blocks]
+    decoded, spent = [], 0.0
+    for count, table in blocks:
+        symbols = decoder.decode(_categorical(table), count).astype(np.int64)
+        spent += _information_bits(symbols, table)
+        if spent > available:
+            raise ValueError(f"range-coded payload of {len(data)} bytes ends before its {total} indices")
+        decoded.append(symbols)
+    if not decoder.maybe_exhausted():
+        raise ValueError(f"range-coded payload of {len(data)} bytes has data left after its {total} indices")
+    return decoded
 
 
 # ---------------------------------------------------------------------- the codebook codec
@@ -163,12 +220,11 @@ def codebook_container(codes: list[Tensor], segments: list[int], num_samples: in
         if tuple(code.shape) != (stages, *latent_grid(backbone, length)):
             raise ValueError(f"codes of shape {tuple(code.shape)} for a segment of {length} samples")
     bits = math.ceil(math.log2(quantizer.cfg.num_codes))
-    priors = quantizer.code_probabilities(stages) if entropy else None
+    priors = prior_tables(quantizer, stages) if entropy else None
     model = {"codebook": codebook_fingerprint(quantizer, stages), "decoder": decoder_fingerprint(backbone)}
     payload = pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits)
     if priors is not None:
-        numpy_priors = [p.numpy() for p in priors]
-        ranged = range_encode([(stage.reshape(-1).cpu().numpy(), numpy_priors[s]) for c in codes for s, stage in enumerate(c)])
+        ranged = range_encode([(stage.reshape(-1).cpu().numpy(), priors[s]) for c in codes for s, stage in enumerate(c)])
         # Indices unlike the training data can cost more than log2 K under the prior: keep the smaller.
         if len(ranged) < len(payload):
             payload, model["prior"] = ranged, prior_fingerprint(priors)
@@ -196,7 +252,7 @@ def codebook_codes(container: Container, backbone, quantizer) -> list[Tensor]:
     if header["coding"] == "fixed":
         flat = torch.from_numpy(unpack_indices(container.payload, math.ceil(math.log2(header["codes"])), sum(counts)))
     elif header["coding"] == "categorical":
-        priors = [p.numpy() for p in quantizer.code_probabilities(header["stages"])]
+        priors = prior_tables(quantizer, header["stages"])
         blocks = [(t * f, priors[s]) for stages, t, f in grids for s in range(stages)]
         flat = torch.from_numpy(np.concatenate(range_decode(container.payload, blocks) or [np.zeros(0, np.int64)]))
     else:
@@ -219,6 +275,19 @@ def decode_segments(latents: list[Tensor], segments: list[int], num_samples: int
     return torch.cat(wav)[:num_samples]
 
 
+def check_coding(container: Container, backbone, quantizer=None, path: str = "") -> None:
+    """Refuse a file coded at another rate, in another segment layout or with another number of codes
+    than the model's (``recon.container`` has checked the header's types and ranges): the header's
+    sizes must be the model's before anything is allocated by them."""
+    where, header = f"{path}: " if path else "", container.header
+    if header["sample_rate"] != backbone.spec.sample_rate:
+        raise ModelMismatch(f"{where}file at {header['sample_rate']} Hz, model at {backbone.spec.sample_rate} Hz")
+    if header["layout"] != layout_of(backbone):
+        raise ModelMismatch(f"{where}file coded in segments {header['layout']}; the model's are {layout_of(backbone)}")
+    if container.codec == "codebook" and quantizer is not None and header["codes"] != quantizer.cfg.num_codes:
+        raise ModelMismatch(f"{where}file coded with {header['codes']} codes; the codebook given has {quantizer.cfg.num_codes}")
+
+
 def expected_model(container: Container, backbone, quantizer=None, diffusion=None) -> dict[str, str]:
     """The fingerprints the given models have, for the weights ``container`` says it needs."""
     expected = {"decoder": decoder_fingerprint(backbone)}
@@ -230,7 +299,7 @@ def expected_model(container: Container, backbone, quantizer=None, diffusion=Non
             raise ModelMismatch(f"coded with {stages} residual stages; the codebook given has {quantizer.num_stages}")
         expected["codebook"] = codebook_fingerprint(quantizer, stages)
         if container.header["coding"] == "categorical":
-            priors = quantizer.code_probabilities(stages)
+            priors = prior_tables(quantizer, stages)
             expected["prior"] = prior_fingerprint(priors) if priors is not None else "none (the checkpoint kept no code frequencies)"
     elif container.codec == "ddcm":
         if diffusion is None:
@@ -246,9 +315,7 @@ def expected_model(container: Container, backbone, quantizer=None, diffusion=Non
 def decode_container(container: Container, backbone, quantizer=None, diffusion=None, path: str = "", batch_size: int = 4) -> Tensor:
     """A file's waveform ``[num_samples]`` at the model's (peak-normalised) level, float32 on the
     backbone's device, after checking that the models are the ones it was encoded with."""
-    where = f"{path}: " if path else ""
-    if container.header["sample_rate"] != backbone.spec.sample_rate:
-        raise ModelMismatch(f"{where}file at {container.header['sample_rate']} Hz, model at {backbone.spec.sample_rate} Hz")
+    check_coding(container, backbone, quantizer, path)
     check_model(container, expected_model(container, backbone, quantizer, diffusion), path)
     segments = segments_of(container)
     device = next(backbone.parameters()).device
@@ -286,14 +353,17 @@ def conditioning_fingerprint(diffusion, prompt: str, guidance_scale: float) -> s
 
 def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, settings, diffusion, backbone, level: float = 1.0,
                    layout: list[int] | None = None) -> Container:
-    """A file of per-segment DDCM indices ``codes[i] [steps - 1]``; ``settings`` holds steps, K, seed,
-    prompt and guidance (recon.variants.VariantSettings)."""
+    """A file of per-segment DDCM codes ``codes[i]`` (``[coded_steps]``, or ``[coded_steps, 2P - 1]``
+    with noise mixing: recon.ddcm.compress); ``settings`` holds steps, K, seed, prompt, guidance and
+    the DDCM options (recon.variants.VariantSettings)."""
     layout = layout or layout_of(backbone)
     if segment_lengths(num_samples, *layout) != list(segments):
         raise ValueError(f"segments {segments} are not the layout {layout} of {num_samples} samples")
-    steps, K = settings.ddcm_steps, settings.ddcm_k
-    if any(tuple(c.shape) != (steps - 1,) for c in codes):
-        raise ValueError(f"DDCM codes must be [{steps - 1}] per segment, got {[tuple(c.shape) for c in codes]}")
+    steps, K, options = settings.ddcm_steps, settings.ddcm_k, settings.ddcm_options
+    sizes = coded_sizes(diffusion.schedule, steps, K, options)
+    shape = (len(sizes),) + ((options.code_width,) if options.code_width > 1 else ())
+    if any(tuple(c.shape) != shape for c in codes):
+        raise ValueError(f"DDCM codes must be {list(shape)} per segment, got {[tuple(c.shape) for c in codes]}")
     header = {
         "codec": "ddcm",
         "sample_rate": backbone.spec.sample_rate,
@@ -310,29 +380,38 @@ def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, s
         "scaling_factor": diffusion.scaling_factor,
         "noise": NOISE_GENERATOR,
     }
-    bits = int(math.log2(K))
-    return Container(header, pack_indices(torch.cat([c.reshape(-1) for c in codes]).cpu().numpy(), bits))
+    if options.to_header():  # plain DDCM files carry no options object
+        header["ddcm"] = options.to_header()
+    return Container(header, pack_codes([c.cpu().numpy() for c in codes], sizes, options))
+
+
+def ddcm_options_of(container: Container, diffusion) -> DDCMOptions:
+    """The DDCM options a file records (plain DDCM without a ``ddcm`` object), checked against the schedule."""
+    return DDCMOptions.from_header(container.header.get("ddcm"), diffusion.schedule.num_train_timesteps)
 
 
 def ddcm_latents(container: Container, backbone, diffusion, batch_size: int = 4) -> list[Tensor]:
     """Replay the sampler of a ``ddcm`` file: per-segment unscaled latents ``[8, time, freq]``.
 
     Segments of equal length are replayed as one batch; a segment's result does not depend on its
-    batch (shared per-step codebooks and x_T, per-item indices), up to float rounding of the UNet."""
+    batch (shared per-step codebooks and x_T, per-item codes), up to float rounding of the UNet."""
     header = container.header
     if header["noise"] != NOISE_GENERATOR:
         raise ValueError(f"noise generator {header['noise']!r}; this recon has {NOISE_GENERATOR!r}")
     if abs(header["scaling_factor"] - diffusion.scaling_factor) > 1e-9:
         raise ModelMismatch(f"latent scaling {header['scaling_factor']} in the file vs {diffusion.scaling_factor} given")
+    options = ddcm_options_of(container, diffusion)
     segments = segments_of(container)
     steps, K = header["steps"], header["K"]
-    flat = torch.from_numpy(unpack_indices(container.payload, int(math.log2(K)), len(segments) * (steps - 1)))
-    indices = flat.reshape(len(segments), steps - 1)
+    sizes = coded_sizes(diffusion.schedule, steps, K, options)
+    codes = torch.from_numpy(unpack_codes(container.payload, len(segments), sizes, options))
+    if options.code_width == 1:
+        codes = codes[..., 0]
     denoiser = diffusion.denoiser(header["prompt"], header["guidance_scale"])
     latents: list[Tensor | None] = [None] * len(segments)
     for chunk in length_chunks(segments, batch_size):
         shape = (len(chunk), backbone.latent_channels, *latent_grid(backbone, segments[chunk[0]]))
-        x0 = decompress(denoiser, indices[chunk], steps, K, header["seed"], shape, device=diffusion.device)
+        x0 = decompress(denoiser, codes[chunk], steps, K, header["seed"], shape, device=diffusion.device, options=options)
         for i, latent in zip(chunk, x0 / header["scaling_factor"]):
             latents[i] = latent
     return latents

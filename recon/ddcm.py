@@ -1,7 +1,7 @@
 """Denoising Diffusion Codebook Models (DDCM): compression by choosing the noise of a diffusion sampler.
 
 Ohayon et al., "Compressed Image Generation with Denoising Diffusion Codebook Models" (ICML 2025).
-The sampler is DDIM with ``eta = 1`` (DDPM-like). At every step but the last, the noise it adds is
+Plain DDCM is DDIM with ``eta = 1`` (DDPM-like). At every step but the last, the noise it adds is
 not fresh Gaussian noise but one of ``K`` fixed vectors of a per-step codebook ``C_t`` (i.i.d.
 ``N(0, I)``, generated from the shared seed). To compress a target ``x0`` the encoder picks, per
 sample,
@@ -11,6 +11,11 @@ sample,
 where ``x0_hat`` is the model's current clean estimate. The chosen indices are the bitstream,
 ``(steps - 1) * log2 K`` bits per item; decoding replays the same sampler with the stored indices.
 The initial ``x_T`` is a fixed seeded Gaussian (shared, costs no bits).
+
+:class:`recon.ddcm_options.DDCMOptions` extends this as DDCM is now run on audio: a coded range of
+timesteps, an eta schedule, cosine and blended scores, noise mixing with P atoms and CB-bit levels,
+a smaller K late in the trajectory and re-ranking by decoded error; that module defines each one
+and the exact bits they cost. The defaults are plain DDCM.
 
 Everything here is model-agnostic: a :class:`Denoiser` is an eps-predictor plus a
 :class:`DiffusionSchedule`. :class:`AnalyticGaussianDenoiser` is the exact denoiser of a unit
@@ -29,19 +34,25 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
+from .ddcm_options import PLAIN, DDCMOptions, StepPlan, mixing_levels, step_plan
+
 __all__ = [
     "AnalyticGaussianDenoiser",
+    "CodedStep",
+    "DDCMOptions",
     "Denoiser",
     "DiffusionSchedule",
     "StepCodebook",
+    "atoms_noise",
     "bits_per_item",
+    "coded_sizes",
     "compress",
     "ddim_denoise",
     "ddcm_sample",
@@ -52,7 +63,6 @@ __all__ = [
     "predict_x0",
 ]
 
-ETA = 1.0  # DDCM's sampler: DDIM with eta = 1 (the DDPM posterior variance)
 # Codebook rows are generated this many at a time (memory only: rows do not depend on chunking).
 CODEBOOK_CHUNK_ROWS = 256
 NOISE_GENERATOR = "recon-counter-v1"  # the name of portable_normal's definition, stored in files
@@ -96,23 +106,7 @@ class DiffusionSchedule:
 
     def timesteps(self, steps: int) -> list[int]:
         """Inference timesteps, descending, exactly as ``DDIMScheduler.set_timesteps`` spaces them."""
-        n = self.num_train_timesteps
-        if not 1 <= steps <= n:
-            raise ValueError(f"steps must be in [1, {n}], got {steps}")
-        if self.timestep_spacing == "leading":
-            ts = (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.int64) + self.steps_offset
-        elif self.timestep_spacing == "trailing":
-            ts = np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
-        elif self.timestep_spacing == "linspace":
-            ts = np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
-        else:
-            raise ValueError(f"unknown timestep_spacing '{self.timestep_spacing}'")
-        if ts.max() >= n:
-            raise ValueError(
-                f"{steps} '{self.timestep_spacing}' steps with steps_offset {self.steps_offset} reach t = {ts.max()} "
-                f">= {n}; use timestep_spacing='trailing' for this many steps"
-            )
-        return [int(t) for t in ts]
+        return spaced_timesteps(steps, self.num_train_timesteps, self.timestep_spacing, self.steps_offset)
 
     def transitions(self, steps: int) -> list[tuple[int, int]]:
         """``(t, t_prev)`` pairs of the sampler; the last ``t_prev`` is -1 (``final_alpha_cumprod``).
@@ -123,6 +117,26 @@ class DiffusionSchedule:
         """
         ts = self.timesteps(steps)
         return list(zip(ts, ts[1:] + [-1]))
+
+
+def spaced_timesteps(steps: int, n: int, spacing: str = "leading", offset: int = 0) -> list[int]:
+    """``steps`` inference timesteps of ``n`` training ones, descending, as diffusers' DDIM spaces them."""
+    if not 1 <= steps <= n:
+        raise ValueError(f"steps must be in [1, {n}], got {steps}")
+    if spacing == "leading":
+        ts = (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.int64) + offset
+    elif spacing == "trailing":
+        ts = np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
+    elif spacing == "linspace":
+        ts = np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
+    else:
+        raise ValueError(f"unknown timestep_spacing '{spacing}'")
+    if ts.max() >= n:
+        raise ValueError(
+            f"{steps} '{spacing}' steps with steps_offset {offset} reach t = {ts.max()} "
+            f">= {n}; use timestep_spacing='trailing' for this many steps"
+        )
+    return [int(t) for t in ts]
 
 
 def predict_x0(schedule: DiffusionSchedule, x_t: Tensor, eps: Tensor, t: int) -> Tensor:
@@ -225,6 +239,11 @@ def _uniform(counter: Tensor, key: tuple[int, int]) -> Tensor:
     return ((h >> 8).double() + 0.5) / float(1 << 24)
 
 
+def supports_float64(device: torch.device) -> bool:
+    """Whether ``device`` computes in float64 (Apple's MPS backend does not)."""
+    return device.type != "mps"
+
+
 def portable_normal(seed: int, label: str, first: int, count: int, device: str | torch.device = "cpu") -> Tensor:
     """Entries ``first .. first + count - 1`` of the standard normal stream ``(seed, label)``, float32.
 
@@ -234,13 +253,15 @@ def portable_normal(seed: int, label: str, first: int, count: int, device: str |
     so two devices agree to about 1e-7 relative.
     """
     device = torch.device(device)
+    # A device without float64 (Apple MPS) computes the stream on the CPU and gets the float32 result.
+    where = device if supports_float64(device) else torch.device("cpu")
     key = _stream_key(seed, label)
-    pairs = torch.arange(first // 2, (first + count + 1) // 2, device=device, dtype=torch.int64)
+    pairs = torch.arange(first // 2, (first + count + 1) // 2, device=where, dtype=torch.int64)
     u1, u2 = _uniform(2 * pairs, key), _uniform(2 * pairs + 1, key)
     radius, theta = torch.sqrt(-2.0 * torch.log(u1)), (2 * math.pi) * u2
     values = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta)], dim=1).reshape(-1)
     offset = first - 2 * (first // 2)
-    return values[offset : offset + count].float()
+    return values[offset : offset + count].float().to(device)
 
 
 def initial_noise(seed: int, shape: tuple[int, ...], device: str | torch.device = "cpu") -> Tensor:
@@ -279,27 +300,15 @@ class StepCodebook:
         """Rows ``start .. start + n - 1`` as ``[n, dim]``."""
         return portable_normal(self.seed, f"codebook:{self.step}:{self.dim}", start * self.dim, n * self.dim, self.device).reshape(n, self.dim)
 
-    def best_match(self, residual: Tensor) -> tuple[Tensor, Tensor]:
-        """Per row ``b`` of ``residual [B, dim]``: ``k* = argmax_k <C[k], residual[b]>`` and ``C[k*]``."""
-        batch = residual.shape[0]
-        best_score = torch.full((batch,), -math.inf, device=residual.device)
-        best_index = torch.zeros(batch, dtype=torch.long, device=residual.device)
-        best_rows = torch.zeros(batch, self.dim, device=residual.device)
-        for start, chunk in self.chunks():
-            score, local = (residual @ chunk.T).max(dim=1)
-            better = score > best_score  # strict: ties keep the lowest index, as argmax does
-            best_score = torch.where(better, score, best_score)
-            best_index = torch.where(better, local + start, best_index)
-            best_rows = torch.where(better[:, None], chunk[local], best_rows)
-        return best_index, best_rows
-
     def rows(self, indices: Tensor) -> Tensor:
         """``C[indices]`` for ``indices [B]``: only those rows are computed."""
         return torch.stack([self.row_block(int(k), 1)[0] for k in indices.tolist()]) if len(indices) else torch.empty(0, self.dim, device=self.device)
 
 
 def bits_per_item(steps: int, K: int) -> int:
-    """Bitstream size per item: ``(steps - 1) * log2 K`` (the last step adds no noise)."""
+    """Plain DDCM's bitstream size per item: ``(steps - 1) * log2 K`` (the last step adds no noise).
+
+    With options, the exact count is ``recon.ddcm_options`` on :func:`coded_sizes`."""
     _check_K(K)
     return (steps - 1) * int(math.log2(K))
 
@@ -314,57 +323,278 @@ def _check_K(K: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class CodedStep:
+    """What the chooser of a coded step sees: the plan, the step's codebook and the sampler's state."""
+
+    plan: StepPlan
+    codebook: StepCodebook
+    x_t: Tensor  # [B, ...]
+    eps: Tensor  # [B, ...], the denoiser's prediction at x_t
+    x0_hat: Tensor  # [B, dim], the clean estimate
+
+
 @torch.no_grad()
-def ddcm_sample(denoiser: Denoiser, shape, steps: int, K: int, seed: int, device, choose) -> Tensor:
-    """The DDCM sampler for ``shape = [B, ...]``; ``choose(step, codebook, x0_hat [B, dim]) -> noise [B, dim]``.
+def ddcm_sample(denoiser: Denoiser, shape, steps: int, K: int, seed: int, device, choose, options: DDCMOptions = PLAIN) -> Tensor:
+    """The DDCM sampler for ``shape = [B, ...]``; ``choose(CodedStep) -> noise [B, dim]`` at each coded step.
 
     :func:`compress` and :func:`decompress` differ only in ``choose``; a study may pass its own.
-
-    Steps ``0 .. steps-2`` are DDIM eta-1 steps with codebook noise; the last step returns the
-    clean estimate ``x0_hat`` (a DDPM sampler adds no noise at its last step).
+    Steps ``0 .. steps-2`` are DDIM steps at the options' eta with codebook noise (row 0 of the step's
+    codebook outside the coded range); the last step returns the clean estimate ``x0_hat``.
     """
     _check_K(K)
     device = torch.device(device)
     schedule = denoiser.schedule
+    options.check_schedule(schedule.num_train_timesteps)
     dim = math.prod(shape[1:])
     x = initial_noise(seed, shape, device)
-    *noisy, (t_last, _) = schedule.transitions(steps)
-    for step, (t, t_prev) in enumerate(noisy):
-        eps = denoiser.predict_eps(x, t).float()
-        x0_hat = rearrange(predict_x0(schedule, x, eps, t), "b ... -> b (...)")
-        noise = choose(step, StepCodebook(seed, step, K, dim, device), x0_hat).reshape(shape)
-        x = ddim_step(schedule, x, eps, t, t_prev, ETA, noise)
+    timesteps = schedule.timesteps(steps)
+    for plan in step_plan(timesteps, K, options):
+        eps = denoiser.predict_eps(x, plan.t).float()
+        noise = None
+        if plan.K is not None:
+            x0_hat = rearrange(predict_x0(schedule, x, eps, plan.t), "b ... -> b (...)")
+            noise = choose(CodedStep(plan, StepCodebook(seed, plan.index, plan.K, dim, device), x, eps, x0_hat)).reshape(shape)
+        elif plan.eta > 0:
+            noise = StepCodebook(seed, plan.index, 1, dim, device).row_block(0, 1).expand(shape[0], dim).reshape(shape)
+        x = ddim_step(schedule, x, eps, plan.t, plan.t_prev, plan.eta, noise)
+    t_last = timesteps[-1]
     return predict_x0(schedule, x, denoiser.predict_eps(x, t_last).float(), t_last)
 
 
-def compress(denoiser: Denoiser, x0: Tensor, steps: int, K: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Code ``x0 [B, ...]`` as ``indices [B, steps-1]`` (long) and return them with the reconstruction.
+def coded_sizes(schedule: DiffusionSchedule, steps: int, K: int, options: DDCMOptions = PLAIN) -> list[int]:
+    """The candidate count ``K_s`` of each coded step, in order (their number is the codes' length)."""
+    options.check_schedule(schedule.num_train_timesteps)
+    return [p.K for p in step_plan(schedule.timesteps(steps), K, options) if p.K is not None]
 
-    At step ``i`` the noise is ``C_i[k*]`` with ``k* = argmax_k <C_i[k], x0 - x0_hat>`` per sample.
-    Runs in float32 on ``x0``'s device; :func:`decompress` on the same device class reproduces the
-    reconstruction exactly.
+
+def coded_sizes_on(scheduler_config: dict, steps: int, K: int, options: DDCMOptions = PLAIN) -> list[int]:
+    """:func:`coded_sizes` from a DDIM scheduler config alone (no weights): for nominal bitrates."""
+    n = int(scheduler_config["num_train_timesteps"])
+    options.check_schedule(n)
+    timesteps = spaced_timesteps(steps, n, scheduler_config.get("timestep_spacing", "leading"), int(scheduler_config.get("steps_offset", 0)))
+    return [p.K for p in step_plan(timesteps, K, options) if p.K is not None]
+
+
+# ---------------------------------------------------------------------- choosing atoms
+RerankError = Callable[[Tensor, Tensor], Tensor]  # (x0 candidates [N, ...], their items [N]) -> error [N]
+# A mix must raise the score by more than this fraction of it: c = 1 re-scales an already unit-variance
+# atom, a tie in exact arithmetic that float rounding (which differs with the batch) must not break.
+RAISE_TOLERANCE = 1e-5
+# A step's codebook is kept in memory for the mixing rounds up to this size (else regenerated per round).
+CODEBOOK_CACHE_BYTES = 256 << 20
+
+
+class _CodebookPasses:
+    """Products of a step's codebook rows with per-item vectors, regenerating or caching the rows."""
+
+    def __init__(self, codebook: StepCodebook, passes: int):
+        self.codebook = codebook
+        keep = passes > 1 and codebook.K * codebook.dim * 4 <= CODEBOOK_CACHE_BYTES
+        self.cache = list(codebook.chunks()) if keep else None
+
+    def chunks(self):
+        return self.cache if self.cache is not None else self.codebook.chunks()
+
+    def first(self, residual: Tensor, norms: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``<C_k, r_b>`` [B, K] and, with ``norms``, ``|C_k|^2`` [K] and ``sum(C_k)`` [K], in one pass."""
+        dots, squares, sums = [], [], []
+        for _, chunk in self.chunks():
+            dots.append(residual @ chunk.T)
+            if norms:
+                squares.append(chunk.pow(2).sum(dim=1))
+                sums.append(chunk.sum(dim=1))
+        return torch.cat(dots, dim=1), torch.cat(squares) if norms else None, torch.cat(sums) if norms else None
+
+    def dots(self, vectors: Tensor) -> Tensor:
+        return torch.cat([vectors @ chunk.T for _, chunk in self.chunks()], dim=1)
+
+
+class _Scorer:
+    """A step's score of candidates from their dot with the residual and their squared norm.
+
+    ``blend`` keeps the z-statistics of the step's K plain candidates for the mixing rounds.
+    """
+
+    def __init__(self, mode: str, blend_lambda: float, residual_norm: Tensor, dots: Tensor, squares: Tensor):
+        self.mode, self.blend_lambda, self.residual_norm = mode, blend_lambda, residual_norm.clamp_min(1e-12)
+        if mode == "blend":
+            cos = self.cosine(dots, squares)
+            self.dot_stats = (dots.mean(dim=1), dots.std(dim=1).clamp_min(1e-6))
+            self.cos_stats = (cos.mean(dim=1), cos.std(dim=1).clamp_min(1e-6))
+
+    def cosine(self, dots: Tensor, squares: Tensor) -> Tensor:
+        extra = dots.ndim - 1
+        return dots / (squares.clamp_min(1e-24).sqrt() * self.residual_norm.view(-1, *[1] * extra))
+
+    def __call__(self, dots: Tensor, squares: Tensor) -> Tensor:
+        if self.mode == "dot":
+            return dots
+        if self.mode == "cosine":
+            return self.cosine(dots, squares)
+        shape = (-1, *[1] * (dots.ndim - 1))
+        z_dot = (dots - self.dot_stats[0].view(shape)) / self.dot_stats[1].view(shape)
+        z_cos = (self.cosine(dots, squares) - self.cos_stats[0].view(shape)) / self.cos_stats[1].view(shape)
+        return z_dot + self.blend_lambda * z_cos
+
+
+def _level_table(level_bits: int, device) -> tuple[Tensor, Tensor]:
+    """``sqrt(c_j)`` and ``sqrt(1 - c_j)`` for level codes ``j = 0 .. 2^CB - 1`` (code 0 unused: 1, 0)."""
+    levels = [1.0] + mixing_levels(level_bits)
+    return (torch.tensor([math.sqrt(c) for c in levels], dtype=torch.float32, device=device),
+            torch.tensor([math.sqrt(1 - c) for c in levels], dtype=torch.float32, device=device))
+
+
+def mix_atoms(noise: Tensor, atom: Tensor, sqrt_c: Tensor, sqrt_rest: Tensor) -> Tensor:
+    """``m = sqrt(c) noise + sqrt(1 - c) atom`` per item, renormalised: ``m / std(m)`` (unbiased, floored 1e-6)."""
+    mixed = sqrt_c[:, None] * noise + sqrt_rest[:, None] * atom
+    return mixed / mixed.std(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def atoms_noise(codebook: StepCodebook, codes: Tensor, options: DDCMOptions) -> Tensor:
+    """The noise ``[B, dim]`` that codes ``[B, 2P - 1]`` (``k_1, j_2, k_2, ...``) stand for: the decoder's definition."""
+    if options.turbo:
+        M, batch = options.turbo, codes.shape[0]
+        rows = codebook.rows(codes[:, :M].reshape(-1)).reshape(batch, M, codebook.dim)
+        signed = (1 - 2 * codes[:, M:].to(rows.device)).float()[..., None] * rows
+        noise = signed.sum(dim=1)
+        return noise / noise.std(dim=1, keepdim=True).clamp_min(1e-6)
+    noise = codebook.rows(codes[:, 0])
+    if options.atoms == 1:
+        return noise
+    sqrt_c, sqrt_rest = _level_table(options.level_bits, noise.device)
+    stopped = torch.zeros(codes.shape[0], dtype=torch.bool, device=noise.device)
+    for slot in range(1, options.atoms):
+        level = codes[:, 2 * slot - 1].to(noise.device)
+        stopped = stopped | (level == 0)
+        if bool(stopped.all()):
+            break
+        atom = codebook.rows(torch.where(stopped, torch.zeros_like(level), codes[:, 2 * slot].to(noise.device)))
+        noise = torch.where(stopped[:, None], noise, mix_atoms(noise, atom, sqrt_c[level], sqrt_rest[level]))
+    return noise
+
+
+def _choose_atoms(step: CodedStep, target: Tensor, options: DDCMOptions, lookahead) -> Tensor:
+    """Codes ``[B, 2P - 1]`` of one coded step (see recon.ddcm_options for the greedy rule)."""
+    residual = target - step.x0_hat
+    batch, dim, P = residual.shape[0], residual.shape[1], options.atoms
+    passes = _CodebookPasses(step.codebook, P)
+    dots, squares, sums = passes.first(residual, norms=P > 1 or step.plan.score != "dot")
+    if options.turbo:
+        return _turbo_atoms(dots, options.turbo)
+    scorer = _Scorer(step.plan.score, options.blend_lambda, residual.norm(dim=1), dots, squares)
+    scores = scorer(dots, squares)
+    codes = torch.zeros(batch, 2 * P - 1, dtype=torch.long, device=residual.device)
+    if lookahead is not None and step.plan.coded_index % options.rerank_every == 0:
+        codes[:, 0] = lookahead(step, scores)
+    else:
+        codes[:, 0] = scores.argmax(dim=1)
+    if P == 1:
+        return codes
+    best = step.codebook.rows(codes[:, 0])
+    best_score = scores.gather(1, codes[:, :1])[:, 0]
+    residual_dot = lambda v: (v * residual).sum(dim=1)  # noqa: E731
+    sqrt_c, sqrt_rest = _level_table(options.level_bits, residual.device)
+    a, s = sqrt_c[1:, None, None], sqrt_rest[1:, None, None]  # [L, 1, 1] against [B, K]
+    active = torch.ones(batch, dtype=torch.bool, device=residual.device)
+    for slot in range(1, P):
+        # Closed forms over all levels and candidates of m = a best + s C_k, renormalised by std(m).
+        cross = passes.dots(best)
+        raw_dot = a * residual_dot(best)[None, :, None] + s * dots[None]
+        square = a**2 * best.pow(2).sum(dim=1)[None, :, None] + s**2 * squares[None, None] + 2 * a * s * cross[None]
+        total = a * best.sum(dim=1)[None, :, None] + s * sums[None, None]
+        std = ((square - total**2 / dim) / (dim - 1)).clamp_min(0).sqrt().clamp_min(1e-6)
+        mixed = scorer((raw_dot / std).permute(1, 0, 2), (square / std**2).permute(1, 0, 2))  # [B, L, K]
+        flat_score, flat = mixed.reshape(batch, -1).max(dim=1)
+        level, index = flat // mixed.shape[2] + 1, flat % mixed.shape[2]
+        active = active & (flat_score > best_score + RAISE_TOLERANCE * best_score.abs())
+        if not bool(active.any()):
+            break
+        codes[:, 2 * slot - 1] = torch.where(active, level, 0)
+        codes[:, 2 * slot] = torch.where(active, index, 0)
+        mixed_best = mix_atoms(best, step.codebook.rows(codes[:, 2 * slot]), sqrt_c[level], sqrt_rest[level])
+        best = torch.where(active[:, None], mixed_best, best)
+        best_score = torch.where(active, flat_score, best_score)
+    return codes
+
+
+def _turbo_atoms(dots: Tensor, M: int) -> Tensor:
+    """Turbo-DDCM's closed form: the M candidates of largest ``|<C_k, r>|`` (ties: lowest k), in increasing
+    order, each signed as its inner product; codes ``[B, 2M]`` = indices, then sign bits (1: negated)."""
+    top = torch.sort(dots.abs(), dim=1, descending=True, stable=True).indices[:, :M].sort(dim=1).values
+    return torch.cat([top, (dots.gather(1, top) < 0).long()], dim=1)
+
+
+def _latent_error(target: Tensor) -> RerankError:
+    """The default re-ranking error: squared distance of a candidate's clean estimate to its item's target."""
+    return lambda x0, items: (x0.flatten(1) - target[items]).pow(2).sum(dim=1)
+
+
+def _lookahead(denoiser: Denoiser, options: DDCMOptions, error: RerankError):
+    """Re-ranking: the top ``options.rerank`` candidates by score, each taken one step ahead, judged by
+    ``error`` of the next clean estimate; ties keep the better score."""
+
+    def pick(step: CodedStep, scores: Tensor) -> Tensor:
+        schedule, plan = denoiser.schedule, step.plan
+        batch, k = scores.shape[0], min(options.rerank, scores.shape[1])
+        top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
+        rows = step.codebook.rows(top.reshape(-1))
+        x_t, eps = step.x_t.repeat_interleave(k, dim=0), step.eps.repeat_interleave(k, dim=0)
+        x_next = ddim_step(schedule, x_t, eps, plan.t, plan.t_prev, plan.eta, rows.reshape(x_t.shape))
+        x0_next = predict_x0(schedule, x_next, denoiser.predict_eps(x_next, plan.t_prev).float(), plan.t_prev)
+        items = torch.arange(batch, device=scores.device).repeat_interleave(k)
+        errors = error(x0_next, items).reshape(batch, k)
+        return top.gather(1, errors.argmin(dim=1, keepdim=True))[:, 0]
+
+    return pick
+
+
+# ---------------------------------------------------------------------- compress / decompress
+def compress(denoiser: Denoiser, x0: Tensor, steps: int, K: int, seed: int, options: DDCMOptions = PLAIN,
+             rerank_error: RerankError | None = None) -> tuple[Tensor, Tensor]:
+    """Code ``x0 [B, ...]``: returns the codes and the reconstruction the decoder will make.
+
+    Codes are ``[B, coded_steps]`` (P = 1: the chosen index per coded step; plain DDCM codes all
+    ``steps - 1`` noisy steps) or ``[B, coded_steps, 2P - 1]`` (recon.ddcm_options). At a coded step
+    the first atom maximises the options' score against ``x0 - x0_hat`` per sample; ``rerank_error``
+    (with ``options.rerank``) judges the re-ranked candidates' next clean estimates, by default by
+    their squared error to ``x0``. Runs in float32 on ``x0``'s device; :func:`decompress` on the same
+    device class reproduces the reconstruction exactly.
     """
     target = rearrange(x0.float(), "b ... -> b (...)")
+    lookahead = _lookahead(denoiser, options, rerank_error or _latent_error(target)) if options.rerank > 1 else None
     chosen: list[Tensor] = []
 
-    def choose(step: int, codebook: StepCodebook, x0_hat: Tensor) -> Tensor:
-        index, rows = codebook.best_match(target - x0_hat)
-        chosen.append(index)
-        return rows
+    def choose(step: CodedStep) -> Tensor:
+        codes = _choose_atoms(step, target, options, lookahead)
+        chosen.append(codes)
+        return atoms_noise(step.codebook, codes, options)
 
-    reconstruction = ddcm_sample(denoiser, tuple(x0.shape), steps, K, seed, x0.device, choose)
-    indices = torch.stack(chosen, dim=1) if chosen else torch.zeros(x0.shape[0], 0, dtype=torch.long, device=x0.device)
-    return indices, reconstruction
+    reconstruction = ddcm_sample(denoiser, tuple(x0.shape), steps, K, seed, x0.device, choose, options)
+    width = options.code_width
+    codes = torch.stack(chosen, dim=1) if chosen else torch.zeros(x0.shape[0], 0, width, dtype=torch.long, device=x0.device)
+    return (codes[..., 0] if width == 1 else codes), reconstruction
 
 
-def decompress(
-    denoiser: Denoiser, indices: Tensor, steps: int, K: int, seed: int, shape, device: str | torch.device = "cpu"
-) -> Tensor:
-    """Replay the sampler with stored ``indices [B, steps-1]``; ``shape`` is the full ``[B, ...]`` shape."""
+def decompress(denoiser: Denoiser, codes: Tensor, steps: int, K: int, seed: int, shape, device: str | torch.device = "cpu",
+               options: DDCMOptions = PLAIN) -> Tensor:
+    """Replay the sampler with stored ``codes`` (as :func:`compress` returns them); ``shape`` is the full ``[B, ...]``."""
     shape = tuple(int(s) for s in shape)
-    if indices.ndim != 2 or indices.shape != (shape[0], steps - 1):
-        raise ValueError(f"indices of shape {tuple(indices.shape)} do not fit shape {shape} and {steps} steps")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= K):
-        raise ValueError(f"indices must lie in [0, {K})")
-    indices = indices.to(device=device, dtype=torch.long)
-    return ddcm_sample(denoiser, shape, steps, K, seed, device, lambda step, codebook, _: codebook.rows(indices[:, step]))
+    sizes = coded_sizes(denoiser.schedule, steps, K, options)
+    width = options.code_width
+    expected = (shape[0], len(sizes)) + ((width,) if width > 1 else ())
+    if tuple(codes.shape) != expected:
+        raise ValueError(f"codes of shape {tuple(codes.shape)} do not fit shape {shape}, {steps} steps and these options (expected {expected})")
+    codes = codes.to(device=device, dtype=torch.long).reshape(shape[0], len(sizes), width)
+    for s, K_s in enumerate(sizes):
+        if options.turbo:
+            indices, signs = codes[:, s, : options.turbo], codes[:, s, options.turbo :]
+            if int(indices.min()) < 0 or int(indices.max()) >= K_s or (indices.diff(dim=1) <= 0).any() or ((signs != 0) & (signs != 1)).any():
+                raise ValueError(f"Turbo-DDCM codes need increasing indices in [0, {K_s}) and sign bits at coded step {s}")
+            continue
+        if codes.numel() and (int(codes[:, s, 0::2].min()) < 0 or int(codes[:, s, 0::2].max()) >= K_s):
+            raise ValueError(f"indices must lie in [0, {K_s}) at coded step {s}")
+        if width > 1 and (int(codes[:, s, 1::2].min()) < 0 or int(codes[:, s, 1::2].max()) >= 1 << options.level_bits):
+            raise ValueError(f"mixing level codes must lie in [0, {1 << options.level_bits}) at coded step {s}")
+    return ddcm_sample(denoiser, shape, steps, K, seed, device,
+                       lambda step: atoms_noise(step.codebook, codes[:, step.plan.coded_index], options), options)

@@ -386,8 +386,9 @@ def encode_prompt(
 ) -> PromptEmbeddings:
     """Run the conditioning stack (CLAP, Flan-T5, projection, GPT2 generation) once for ``prompt``."""
     guided = guidance_scale > 1.0  # the pipeline's rule
+    # The token ids go where the text encoders are (they stay on the CPU), not where the UNet was moved.
     prompt_embeds, attention_mask, generated = pipe.encode_prompt(
-        prompt, pipe.unet.device, 1, guided, negative_prompt=negative_prompt
+        prompt, pipe.text_encoder.device, 1, guided, negative_prompt=negative_prompt
     )
     return PromptEmbeddings(prompt_embeds, attention_mask, generated, guided)
 

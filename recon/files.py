@@ -44,10 +44,11 @@ def write_text(path: Path, text: str) -> None:
     _write_atomic(path, "w", lambda f: f.write(text))
 
 
-def write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> None:
-    """A mono float32 WAV; ``wav`` is a host array (the writer never touches a device)."""
+def write_wav(path: Path, wav: np.ndarray, sample_rate: int, subtype: str = "FLOAT", format: str = "WAV") -> None:
+    """A mono audio file, float32 WAV unless told another soundfile ``format`` / ``subtype``;
+    ``wav`` is a host array (the writer never touches a device)."""
     buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(wav, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
+    sf.write(buffer, np.asarray(wav, dtype=np.float32), sample_rate, format=format, subtype=subtype)
     write_bytes(path, buffer.getvalue())
 
 

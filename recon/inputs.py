@@ -1,48 +1,25 @@
 """Files: which inputs a run reads, and each one as a normalised waveform (or the reason it failed).
 
-The one walker of input folders lives here: ``infer.py``, ``recon encode``/``decode`` and the
-training data all list their files with :func:`find_files`, in the same deterministic order.
+The one walker of input folders is :mod:`recon.folders` (re-exported here): ``infer.py``, ``recon
+encode``/``decode``/``info`` and the training data all list their files with :func:`find_files`,
+in the same deterministic order.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from torch.utils.data import Dataset
+import soundfile as sf
+from torch.utils.data import Dataset, Sampler
 
+from . import distributed
 from .audio import AudioLoadError, AudioSpec, load_audio, normalisation_gain, normalise
+from .folders import AUDIO_EXTENSIONS, LIST_SUFFIXES, find_audio_files, find_files, read_list  # noqa: F401 (re-exported)
 from .outputs import describe_error
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".m4a")
 MIN_SECONDS = 0.1
-
-
-def find_audio_files(root: str | Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Files under ``root`` (recursive) whose suffix is one of ``extensions``, or ``[root]`` for a
-    single file, in a deterministic (sorted) order."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"no such file or folder: {root}")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-
-
-def find_files(entries: list[str | Path], extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[tuple[Path, str]]:
-    """(path, name relative to its folder argument) of every file the command-line ``entries`` name.
-
-    A folder contributes its files with ``extensions`` (recursively, names relative to the folder);
-    a file contributes itself under its own name.
-    """
-    found: list[tuple[Path, str]] = []
-    for entry in map(Path, entries):
-        if entry.is_dir():
-            found += [(p, p.relative_to(entry).as_posix()) for p in find_audio_files(entry, extensions)]
-        elif entry.is_file():
-            found.append((entry, entry.name))
-        else:
-            raise FileNotFoundError(f"no such file or folder: {entry}")
-    return found
+COMPRESSED_BYTES_PER_SECOND = 16000  # 128 kbit/s: a duration estimate for formats without a soundfile header
 
 
 def output_relpath(relpath: str) -> str:
@@ -91,3 +68,79 @@ class InferenceFiles(Dataset):
 def collate_files(items: list[dict]) -> list[dict]:
     return items
 
+
+def file_durations(paths: list[Path]) -> list[float]:
+    """Each file's duration in seconds from its header (no audio is decoded), to plan the batches.
+
+    Formats soundfile cannot open (mp3, m4a) are estimated from their size at 128 kbit/s rather
+    than decoded; a file that cannot be opened at all weighs 0 (the loader reports its error).
+    """
+    out = []
+    for path in paths:
+        try:
+            info = sf.info(str(path))
+            out.append(info.frames / info.samplerate)
+        except Exception:  # not a soundfile format, or not audio: an estimate is enough for a plan
+            try:
+                out.append(path.stat().st_size / COMPRESSED_BYTES_PER_SECOND)
+            except OSError:
+                out.append(0.0)
+    return out
+
+
+class FileBatches(Sampler[list[int]]):
+    """The batch plan of a run: which files share a step, and which rank runs each batch.
+
+    Files are ordered by duration (longest first, then by position), so a batch holds files of
+    similar length and its forward passes are full; consecutive files form batches of at most
+    ``batch_size`` files and ``batch_size`` segments (a longer file is a batch of its own, so the
+    outputs a batch holds in memory stay small), with fewer files per batch where ``batch_size``
+    would leave a rank without work. The plan depends on the file
+    list alone: a resumed run forms the same batches, so every file sees the same forward passes as
+    in an uninterrupted run. Batches whose files are all ``finished`` are dropped.
+
+    Ranks get batches by duration, not by count: each batch, longest first, goes to the rank with
+    the least work so far (work = padded seconds + ``FILE_OVERHEAD_S`` per file). The rank and
+    world size are read when the loader is iterated (after the process group exists).
+    """
+
+    FILE_OVERHEAD_S = 0.05  # loading, writing and scoring a file, in seconds of audio, roughly
+
+    def __init__(self, durations: list[float], batch_size: int, world: int = 1, finished: set[int] = frozenset(),
+                 segment_seconds: float = AudioSpec().duration):
+        self.durations = durations
+        order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
+        size = max(1, min(batch_size, math.ceil(len(order) / max(world, 1))))
+        batches: list[list[int]] = []
+        segments = 0
+        for i in order:
+            need = max(1, math.ceil(durations[i] / segment_seconds))
+            if not batches or len(batches[-1]) == size or segments + need > size:
+                batches.append([])
+                segments = 0
+            batches[-1].append(i)
+            segments += need
+        self.batches = [b for b in batches if not set(b) <= finished]
+
+    def cost(self, batch: list[int]) -> float:
+        # The tail segment is padded; a rough 1.28 s quantum is enough to weigh batches.
+        return sum(math.ceil(self.durations[i] / 1.28) * 1.28 + self.FILE_OVERHEAD_S for i in batch)
+
+    def shares(self, world: int) -> list[list[list[int]]]:
+        """Each rank's batches, in plan order."""
+        load = [0.0] * world
+        owner = []
+        for batch in self.batches:
+            rank = min(range(world), key=lambda r: (load[r], r))
+            load[rank] += self.cost(batch)
+            owner.append(rank)
+        return [[b for b, o in zip(self.batches, owner) if o == r] for r in range(world)]
+
+    def _mine(self) -> list[list[int]]:
+        return self.shares(distributed.world_size())[distributed.rank()]
+
+    def __iter__(self):
+        return iter(self._mine())
+
+    def __len__(self) -> int:
+        return len(self._mine())

@@ -10,6 +10,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from .audio import AudioSpec, MelFrontEnd
@@ -18,7 +19,7 @@ from .codebook import CodebookConfig, QuantizerOutput, VectorQuantizer
 from .loop_state import resumable_loop_state
 from .metrics import latent_snr
 from .precision import check_precision
-from .strategy import CodebookDDPStrategy  # noqa: F401  (importing it registers "codebook_ddp")
+from .strategy import CodebookDDPStrategy  # importing it registers "codebook_ddp"
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,14 @@ class CodebookTrainer(L.LightningModule):
         # optimizer; Lightning then must not look for a loss to backpropagate.
         self.automatic_optimization = any(p.requires_grad for p in self.parameters())
 
+    @property
+    def leaves_parameters_unused(self) -> bool:
+        """Whether a training step can leave trainable parameters out of the loss: the later stages of a
+        residual codebook trained by gradient, which quantizer dropout skips on some steps. DDP must then
+        look for unused parameters (``codebook_ddp`` does), or it fails on the next step."""
+        cfg = self.cfg
+        return cfg.update == "grad" and cfg.stages > 1 and cfg.quantizer_dropout > 0
+
     # ------------------------------------------------------------------ latents
     def posterior(self, batch: dict) -> tuple[Tensor, Tensor]:
         """(mean, std) of the batch: from the latent cache, or by running the frozen encoder."""
@@ -124,6 +133,14 @@ class CodebookTrainer(L.LightningModule):
         check_precision(trainer.precision)
         if trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
             raise ValueError("train with `trainer.use_distributed_sampler: false`: recon's ResumableSampler shards the data itself")
+        strategy = trainer.strategy
+        # codebook_ddp turns find_unused_parameters on for such a model unless told otherwise.
+        if (self.leaves_parameters_unused and isinstance(strategy, DDPStrategy)
+                and not strategy._ddp_kwargs.get("find_unused_parameters", isinstance(strategy, CodebookDDPStrategy))):
+            raise ValueError(
+                "quantizer dropout leaves the skipped stages of a residual 'grad' codebook without gradients, which this "
+                "DDP strategy refuses: train with `trainer.strategy: codebook_ddp`, which lets them go unused"
+            )
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "spec", self.backbone.spec) != self.backbone.spec:
             raise ValueError(f"data spec {datamodule.spec} differs from the model's {self.backbone.spec}: set both to the same values")
@@ -176,10 +193,21 @@ class CodebookTrainer(L.LightningModule):
             self.log("train/temperature", self.quantizer.temperature_at(int(self.quantizer.step)))
         if self.automatic_optimization:
             return loss
-        # Nothing to optimize (the EMA moved the codebook in forward); stepping Lightning's
-        # placeholder optimizer keeps global_step, max_steps and checkpoint intervals counting.
-        self.optimizers().step()
+        self._count_step_without_optimiser()
         return None
+
+    def _count_step_without_optimiser(self) -> None:
+        """Count a training step of a model with nothing to optimise (the EMA moved the codebook in forward).
+
+        The count is the one Lightning's manual optimisation keeps of optimiser steps, which
+        ``global_step``, ``max_steps``, checkpoint intervals and resumes read. Stepping Lightning's
+        placeholder optimiser instead goes through the precision plugin, whose 16-mixed GradScaler
+        then unscales gradients no loss produced and fails (``unscale_ but _scale is None``; a scaled
+        zero loss only moves the failure to ``scaler.step``, which finds no parameters to check).
+        """
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
 
     def _step(self, batch: dict) -> tuple[Tensor, dict]:
         mean, std = self.posterior(batch)

@@ -70,6 +70,9 @@ class RunInfo:
     variant_settings: VariantSettings = field(default_factory=VariantSettings)
     started_at: float | None = None  # time.perf_counter() at process start, for the start-up time in summary.json
     extra_outputs: tuple[str, ...] = ()  # other top-level names the caller writes into OUT (e.g. "wandb/")
+    # What must be equal for a run to resume another: the settings that change results and the
+    # weights' fingerprint (recon.journal); recorded in OUT/.recon-journal/run.json.
+    identity: dict = field(default_factory=dict)
 
     def outputs(self) -> list[str]:
         """Every top-level name of OUT this run writes; folders end in "/"."""

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import torch
@@ -25,10 +25,12 @@ from torch import Tensor
 from .audio import AudioSpec, MelFrontEnd
 from .backbone import FrozenAudioLDM2
 from .codebook import VectorQuantizer
+from .ddcm_options import DDCMOptions
 from .metrics import LATENT_VECTORS_PER_SECOND
 from .precision import fp32_island
 
 log = logging.getLogger(__name__)
+DDCM_OPTION_NAMES = tuple(f.name for f in fields(DDCMOptions))
 
 
 @dataclass
@@ -87,15 +89,47 @@ class VariantSettings:
     refine_strength: float = 0.3  # codebook_sdedit: 0 = codebook only, 1 = generation from noise
     refine_prompt: str = ""  # conditioning of codebook_sdedit / ddcm_noise: empty = neutral
     prompt: str = "high quality music"  # text2audio
-    ddcm_steps: int = 50
+    ddcm_steps: int = 50  # DDCM sampler steps: the bitstream's length (not diffusion_steps)
     ddcm_k: int = 1024
+    # ddcm_noise's sampler options (recon.ddcm_options.DDCMOptions, field for field; defaults: plain DDCM).
+    ddcm_atoms: int = 1
+    ddcm_level_bits: int = 4
+    ddcm_t_range: tuple[int, int] | None = None
+    ddcm_eta: float = 1.0
+    ddcm_eta_late: float | None = None
+    ddcm_eta_switch: int | None = None
+    ddcm_score: str = "dot"
+    ddcm_blend_lambda: float = 0.5
+    ddcm_score_late: str | None = None
+    ddcm_score_switch: int | None = None
+    ddcm_k_late: int | None = None
+    ddcm_k_switch: int | None = None
+    ddcm_rerank: int = 0
+    ddcm_rerank_every: int = 1
+    ddcm_turbo: int = 0
     rvq_stages: int = 1  # codebook_rvq: how many residual stages code each vector
     opus_kbps: float = 6.0  # opus baseline: the target rate given to libsndfile's encoder (6 is its lowest)
 
     @property
+    def ddcm_options(self) -> DDCMOptions:
+        """The sampler's options; a late option that is off ignores its switch step (so a sweep can
+        turn it off: ``--ddcm-eta-late off,0.35 --ddcm-eta-switch 200``)."""
+        values = {name: getattr(self, f"ddcm_{name}") for name in DDCM_OPTION_NAMES}
+        for late, switch in (("eta_late", "eta_switch"), ("score_late", "score_switch"), ("k_late", "k_switch")):
+            if values[late] is None:
+                values[switch] = None
+        return DDCMOptions(**values)
+
+    @property
     def ddcm_bitrate_bps(self) -> float:
-        """(steps - 1) * log2(K) bits per 10.24 s latent."""
-        return (self.ddcm_steps - 1) * math.log2(self.ddcm_k) / AudioSpec().duration
+        """Bits per 10.24 s segment on AudioLDM2's schedule / 10.24 s: (steps - 1)·log2 K for plain DDCM;
+        with options the worst case of recon.ddcm_options (every mixing atom kept), exact for P = 1."""
+        from .ddcm import coded_sizes_on
+        from .ddcm_options import max_bits_per_item
+        from .diffusion import AUDIOLDM2_SCHEDULER_CONFIG
+
+        sizes = coded_sizes_on(AUDIOLDM2_SCHEDULER_CONFIG, self.ddcm_steps, self.ddcm_k, self.ddcm_options)
+        return max_bits_per_item(sizes, self.ddcm_options) / AudioSpec().duration
 
 
 @dataclass(frozen=True)
@@ -480,6 +514,20 @@ def codebook_sdedit(x: VariantInput, models: Models, settings: VariantSettings) 
     return Reconstruction(decode_and_vocode(models, refined, x.wav.shape[-1]), latent=refined)
 
 
+def logmel_error(backbone, target_logmel: Tensor, scale: float):
+    """DDCM re-ranking on audio: mean squared difference between the log-mel the VAE decodes from a
+    candidate's clean estimate (a scaled latent) and the item's input log-mel (one VAE decode per
+    re-ranked candidate)."""
+
+    def error(x0: Tensor, items: Tensor) -> Tensor:
+        mel = backbone.decode((x0 / scale).to(next(backbone.parameters()).dtype)).float()
+        target = target_logmel[items.to(target_logmel.device)].float()
+        frames = min(mel.shape[2], target.shape[2])
+        return (mel[:, :, :frames] - target[:, :, :frames]).pow(2).flatten(1).mean(dim=1)
+
+    return error
+
+
 def pack_ddcm(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models) -> bytes:
     """One recon container per file (recon.codec, codec ddcm): what ``recon decode`` reads."""
     from .codec import ddcm_container
@@ -501,17 +549,22 @@ def ddcm_noise(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     """"DDCM Complete", as Ohayon et al. (ICML 2025) define it: a DDIM eta = 1 sampler whose noise at
     each step is the entry of a seeded codebook of K Gaussian vectors that best points from the
     current clean estimate toward the input's (scaled) latent. The indices are the bitstream:
-    (steps - 1)·log2 K bits per segment, written as a recon file (recon.codec; decompress replays them)."""
+    (steps - 1)·log2 K bits per segment, written as a recon file (recon.codec; decompress replays them).
+    The ``ddcm_*`` settings are the sampler's options (recon.ddcm_options: coded range, eta schedule,
+    score modes, noise mixing, late K, re-ranking by the decoded log-mel, Turbo-DDCM); the file records them."""
     from .ddcm import compress
 
     diffusion = models.require_diffusion("ddcm_noise")
     scale = diffusion.scaling_factor
     denoiser = diffusion.denoiser(settings.refine_prompt, settings.guidance_scale)
-    # One UNet batch for every segment of the chunk: items are coded independently (per-item argmax
+    options = settings.ddcm_options
+    # One UNet batch for every segment of the chunk: items are coded independently (per-item choices
     # against the shared per-step codebooks). fp32 whatever the run's precision: the bitstream
     # header promises a float32 decoder.
     with fp32_island(x.mean.device):
-        codes, reconstruction = compress(denoiser, x.mean.float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed)
+        rerank = logmel_error(models.backbone, x.logmel, scale) if options.rerank > 1 else None
+        codes, reconstruction = compress(denoiser, x.mean.float() * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed,
+                                         options, rerank)
     latent = reconstruction.to(x.mean.dtype) / scale
     return Reconstruction(decode_and_vocode(models, latent, x.wav.shape[-1]), latent=latent, codes=codes)
 
@@ -535,11 +588,21 @@ def text2audio(x: VariantInput, models: Models, settings: VariantSettings) -> Re
     return Reconstruction(decode_and_vocode(models, latents.to(x.mean.dtype), x.wav.shape[-1]))
 
 
-# Variants with a swept parameter: the settings each point fixes, and how a point is named.
-SWEEPS: dict[str, tuple[tuple[str, ...], str]] = {
+def ddcm_point_label(point: dict, varied: set[str]) -> str:
+    """``T<steps>-K<k>``, then ``-<tag><value>`` for each DDCM option that the sweep varies
+    (tags: recon.ddcm_options.FLAGS, e.g. ``ddcm_noise@T50-K1024-P2-CB4``)."""
+    from .ddcm_options import FLAGS, format_value
+
+    tags = [f"{FLAGS[name][4]}{format_value(point[f'ddcm_{name}'], name)}" for name in DDCM_OPTION_NAMES if f"ddcm_{name}" in varied]
+    return "-".join([f"T{point['ddcm_steps']}", f"K{point['ddcm_k']}", *tags])
+
+
+# Variants with a swept parameter: the settings each point fixes, and how a point is named
+# (a format string over the point, or a function of the point and the settings that vary).
+SWEEPS: dict[str, tuple[tuple[str, ...], str | Callable[[dict, set[str]], str]]] = {
     "codebook_rvq": (("rvq_stages",), "{rvq_stages}"),
     "codebook_sdedit": (("refine_strength",), "{refine_strength:g}"),
-    "ddcm_noise": (("ddcm_steps", "ddcm_k"), "T{ddcm_steps}-K{ddcm_k}"),
+    "ddcm_noise": (("ddcm_steps", "ddcm_k", *(f"ddcm_{name}" for name in DDCM_OPTION_NAMES)), ddcm_point_label),
     "opus": (("opus_kbps",), "{opus_kbps:g}k"),
 }
 ALWAYS_NAMED = {"codebook_rvq"}  # its point is part of what it is, even when there is one
@@ -553,12 +616,14 @@ def sweep(variants: list[Variant], values: dict[str, list]) -> list[Variant]:
         if variant.name not in SWEEPS:
             expanded.append(variant)
             continue
-        fields, label = SWEEPS[variant.name]
-        lists = [list(values.get(f) or [getattr(VariantSettings(), f)]) for f in fields]
-        named = variant.name in ALWAYS_NAMED or any(len(v) > 1 for v in lists)
+        fields_, label = SWEEPS[variant.name]
+        lists = [list(values.get(f) or [getattr(VariantSettings(), f)]) for f in fields_]
+        varied = {f for f, v in zip(fields_, lists) if len(v) > 1}
+        named = variant.name in ALWAYS_NAMED or bool(varied)
         for point in itertools.product(*lists):
-            overrides = tuple(zip(fields, point))
-            name = f"{variant.name}@{label.format(**dict(overrides))}" if named else variant.name
+            overrides = tuple(zip(fields_, point))
+            text = label(dict(overrides), varied) if callable(label) else label.format(**dict(overrides))
+            name = f"{variant.name}@{text}" if named else variant.name
             expanded.append(replace(variant, name=name, overrides=overrides))
     names = [v.name for v in expanded]
     if len(set(names)) != len(names):

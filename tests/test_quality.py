@@ -1,7 +1,7 @@
 """Quality through the whole pipeline, on the small trained backbone and the held-out examples.
 
 ``checkpoints/backbone-small`` is a VAE + vocoder trained by ``python -m recon.backbone
-train-small`` on the synthetic corpus of ``python -m recon.corpus``; ``checkpoints/demo/
+train-small`` on the synthetic corpus of ``python -m recon.tools.corpus``; ``checkpoints/demo/
 codebook-small.ckpt`` is the codebook ``configs/small.yaml`` trains on it, and
 ``codebook-small-kmeans.ckpt`` the same codebook right after its k-means initialisation. None of
 ``examples/audio`` was in that training, so these numbers are held-out ones.
