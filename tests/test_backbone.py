@@ -14,8 +14,8 @@ from recon.backbone import (
     FrozenAudioLDM2,
     build_random,
     count_parameters,
-    main,
 )
+from recon.tools.backbone_cli import main
 from recon.audio import MelFrontEnd
 
 
