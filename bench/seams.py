@@ -15,8 +15,11 @@ each overlap. Definitions, per 10 ms frame ``t`` of the front-end's log-mel ``L`
   centre (the boundary at overlap 0, the middle of the crossfade otherwise); its rank: the
   fraction of all frames with a larger ``E``. Target: no seam in the top 1 % (rank >= 0.01).
   ``whole_overlap_rank`` takes the largest ``E`` over the whole crossfade instead (+-3 frames).
+  For scale, ``chance_*``: the median rank and the top-1 % fraction of a 7-frame neighbourhood
+  at every position of the file (a seam that leaves no trace ranks like that).
 * bits: the ``codebook_hard`` file's bytes x 8 / duration (range-coded, header included), and the
-  overhead against overlap 0.
+  overhead against overlap 0 on this file; on a long file the overhead tends to
+  ``overlap / (segment - overlap)``.
 * overlap correlation: Pearson correlation of the outgoing and incoming windows' outputs over each
   overlap (mean over seams). Near 1 the two are coherent, so a linear crossfade keeps the level
   (mid-point power gain ``10 log10((1 + rho) / 2)`` dB) where an equal-power one would add
@@ -80,6 +83,15 @@ def rank_of(excess: np.ndarray, lo: int, hi: int) -> float:
     return float((excess > excess[lo : hi + 1].max()).mean())
 
 
+def chance(excess: np.ndarray, width: int) -> tuple[float, float]:
+    """Over every position of a ``width``-frame neighbourhood: the median of its rank (as
+    :func:`rank_of`) and the fraction in the top 1 %, what a seam placed at random would score."""
+    sorted_excess = np.sort(excess)
+    peaks = np.lib.stride_tricks.sliding_window_view(excess, width).max(-1)
+    ranks = 1 - np.searchsorted(sorted_excess, peaks, side="right") / len(excess)
+    return float(np.median(ranks)), float((ranks < 0.01).mean())
+
+
 def run(models: Models, wav: torch.Tensor, overlap_s: float) -> dict:
     spec = models.backbone.spec
     overlap = overlap_samples(overlap_s, spec)
@@ -115,8 +127,12 @@ def run(models: Models, wav: torch.Tensor, overlap_s: float) -> dict:
             "seams_in_top_1pct": sum(r < 0.01 for r in centre),
             "whole_overlap_ranks": [round(r, 4) for r in whole],
             "whole_overlap_in_top_1pct": sum(r < 0.01 for r in whole),
-            "log_mel_db": entry.metrics.get("log_mel_db") if entry.metrics else None,
+            "seam_rank_median": round(float(np.median(centre)), 4),
         }
+        row["chance_rank_median"], row["chance_in_top_1pct"] = (round(v, 4) for v in chance(excess, 2 * NEIGHBOURHOOD + 1))
+        row.update({
+            "log_mel_db": entry.metrics.get("log_mel_db") if entry.metrics else None,
+        })
         if overlap:
             seg = spec.num_samples
             rho = [float(np.corrcoef(a[seg - overlap :].numpy(), b[:overlap].numpy())[0, 1]) for a, b in zip(parts[:-1], parts[1:])]
@@ -147,12 +163,14 @@ def main() -> None:
             r = runs[-1]
             for name, row in r["variants"].items():
                 print(f"overlap {r['overlap_s']:.2f} s  {name:14s} seams in top 1 %: {row['seams_in_top_1pct']}/{len(row['seam_ranks'])}  "
-                      f"ranks {row['seam_ranks']}  bps {row.get('file_bps', '-')}  rho {row.get('overlap_correlation', '-')}", flush=True)
+                      f"ranks {row['seam_ranks']} (median {row['seam_rank_median']}, chance {row['chance_rank_median']})  bps {row.get('file_bps', '-')}  rho {row.get('overlap_correlation', '-')}", flush=True)
     base = next((r for r in runs if r["overlap_s"] == 0), None)
     if base is not None and "file_bps" in base["variants"]["codebook_hard"]:
         for r in runs:
             bps = r["variants"]["codebook_hard"]["file_bps"]
             r["codebook_hard_bits_overhead"] = round(bps / base["variants"]["codebook_hard"]["file_bps"] - 1, 4)
+            # On a long file every hop of segment - overlap samples costs a whole segment's codes.
+            r["codebook_hard_bits_overhead_long_file"] = round(r["overlap_samples"] / (backbone.spec.num_samples - r["overlap_samples"]), 4)
     print(json.dumps({"input_seconds": args.seconds, "clips": [c.relative_to(ROOT).as_posix() for c in CLIPS], "ckpt": args.ckpt,
                       "backbone": backbone.source, "target": "no seam with rank < 0.01", "runs": runs,
                       "threads": args.threads, "loadavg_1m": os.getloadavg()[0]}))
