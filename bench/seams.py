@@ -16,7 +16,9 @@ each overlap. Definitions, per 10 ms frame ``t`` of the front-end's log-mel ``L`
   fraction of all frames with a larger ``E``. Target: no seam in the top 1 % (rank >= 0.01).
   ``whole_overlap_rank`` takes the largest ``E`` over the whole crossfade instead (+-3 frames).
   For scale, ``chance_*``: the median rank and the top-1 % fraction of a 7-frame neighbourhood
-  at every position of the file (a seam that leaves no trace ranks like that).
+  at every position of the file (a seam that leaves no trace ranks like that), and
+  ``control_ranks``: the same frames ranked in another overlap's output (where no seam lies, or
+  another one), to tell the content's own flux from the join's.
 * bits: the ``codebook_hard`` file's bytes x 8 / duration (range-coded, header included), and the
   overhead against overlap 0 on this file; on a long file the overhead tends to
   ``overlap / (segment - overlap)``.
@@ -123,6 +125,7 @@ def run(models: Models, wav: torch.Tensor, overlap_s: float) -> dict:
         centre = [rank_of(excess, (a + b) // 2 // hop - 1 - NEIGHBOURHOOD, (a + b) // 2 // hop - 1 + NEIGHBOURHOOD) for a, b in seams]
         whole = [rank_of(excess, a // hop - 1 - NEIGHBOURHOOD, b // hop - 1 + NEIGHBOURHOOD) for a, b in seams]
         row = {
+            "_excess": excess, "_centres": [(a + b) // 2 // hop - 1 for a, b in seams],
             "seam_ranks": [round(r, 4) for r in centre],
             "seams_in_top_1pct": sum(r < 0.01 for r in centre),
             "whole_overlap_ranks": [round(r, 4) for r in whole],
@@ -164,6 +167,20 @@ def main() -> None:
             for name, row in r["variants"].items():
                 print(f"overlap {r['overlap_s']:.2f} s  {name:14s} seams in top 1 %: {row['seams_in_top_1pct']}/{len(row['seam_ranks'])}  "
                       f"ranks {row['seam_ranks']} (median {row['seam_rank_median']}, chance {row['chance_rank_median']})  bps {row.get('file_bps', '-')}  rho {row.get('overlap_correlation', '-')}", flush=True)
+    # Control: the same frames in another overlap's output, where (mostly) no seam lies: a seam that
+    # ranks high there too is ranking the content, not the join.
+    for r in runs:
+        other = next((o for o in runs if o is not r), None)
+        for name, row in r["variants"].items():
+            if other is not None:
+                excess = other["variants"][name]["_excess"]
+                row["control_ranks"] = [round(rank_of(excess, c - NEIGHBOURHOOD, c + NEIGHBOURHOOD), 4) for c in row["_centres"]]
+                row["control_overlap_s"] = other["overlap_s"]
+    for r in runs:
+        for row in r["variants"].values():
+            row.pop("_centres")
+        for row in r["variants"].values():
+            row.pop("_excess")
     base = next((r for r in runs if r["overlap_s"] == 0), None)
     if base is not None and "file_bps" in base["variants"]["codebook_hard"]:
         for r in runs:
