@@ -42,7 +42,8 @@ from recon.inputs import FileBatches, InferenceFiles, collate_files, file_durati
 from recon.journal import Journal, weights_fingerprint  # noqa: E402
 from recon.predict import VariantRunner  # noqa: E402
 from recon.records import RunInfo  # noqa: E402
-from recon.variants import VARIANTS, Models, VariantSettings, resolve, sweep  # noqa: E402
+from recon.metrics import PERCEPTUAL_METRICS, VISQOL_METRICS  # noqa: E402
+from recon.variants import VARIANTS, Models, VariantSettings, opus_level, resolve, sweep  # noqa: E402
 from recon.writer import ResultWriter  # noqa: E402
 from recon.wandb_table import log_to_wandb  # noqa: E402
 
@@ -72,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     variant_help = "; ".join(f"{v.name}: {v.description}" for v in VARIANTS.values())
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, exit_on_error=False)
+    d = VariantSettings()
     p.add_argument("--ckpt", help="trained codebook checkpoint (train.py); without it the codebook variants are skipped")
     p.add_argument("--input", nargs="+", required=True,
                    help="audio files, folders (searched recursively) and/or list files: .txt/.lst/.list one path per line, "
                         ".csv/.tsv with a 'path' column; relative paths resolve against the list's folder")
     p.add_argument("--output", default="outputs/recon", help="output folder (default: %(default)s)")
     p.add_argument("--backbone", help=f"backbone source overriding the checkpoint's (default without --ckpt: {HUB_ID}); a folder, hub id or random:tiny|full")
-    p.add_argument("--diffusion", help="AudioLDM2 pipeline source for ddcm_input/ddcm_noise/text2audio (cvssp/audioldm2, a folder, or random:tiny); without it those variants are skipped")
+    p.add_argument("--diffusion", help="AudioLDM2 pipeline source for codebook_sdedit/ddcm_noise/text2audio (cvssp/audioldm2, cvssp/audioldm2-music, cvssp/audioldm2-large, a local snapshot of one, or random:tiny); without it those variants are skipped")
     p.add_argument("--variants", default="all", help=f"comma-separated variants or 'all'. {variant_help}")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     p.add_argument("--devices", default="1", help="number of devices, or 'auto'")
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
     p.add_argument("--rvq-stages", type=number_list(int), metavar="N[,N...]",
                    help="codebook_rvq: residual stage counts to run, one codebook_rvq@N column each (default: every prefix of the checkpoint's ladder)")
+    p.add_argument("--opus-kbps", type=number_list(float), default=[d.opus_kbps], metavar="R[,R...]",
+                   help=f"opus baseline: target rates in kb/s (6 to 256, libsndfile's encoder); several values give one opus@<R>k column each, reported at the rate measured from the written streams (default: {d.opus_kbps:g})")
     p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_SECONDS, metavar="SECONDS",
                    help="seconds shared by consecutive 10.24 s windows of a file, crossfaded linearly, a multiple of 0.04; "
                         "0 butts the windows end to end (default: %(default)s)")
@@ -104,14 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --output that was stopped: files it finished are kept and skipped; refused unless its "
                         "settings and weights are these (a fresh run where none started)")
     p.add_argument("--verbose", action="store_true", help="also print Lightning's info messages and the library warnings recon hides")
-    d = VariantSettings()
     g = p.add_argument_group("diffusion variants")
     g.add_argument("--diffusion-steps", type=int, default=d.diffusion_steps,
                    help="DDIM steps of codebook_sdedit's SDEdit refinement and of text2audio generation; not DDCM's (see --ddcm-steps) (default: %(default)s)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
     g.add_argument("--refine-strength", type=number_list(float), default=[d.refine_strength], metavar="S[,S...]",
-                   help=f"ddcm_input SDEdit strength: 0 = codebook only, 1 = generation; several values give one ddcm_input@S column each (default: {d.refine_strength})")
-    g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of ddcm_input and ddcm_noise (default: empty, neutral)")
+                   help=f"codebook_sdedit SDEdit strength: 0 = codebook only, 1 = generation; several values give one codebook_sdedit@S column each (default: {d.refine_strength})")
+    g.add_argument("--refine-prompt", default=d.refine_prompt, help="text conditioning of codebook_sdedit and ddcm_noise (default: empty, neutral)")
     g.add_argument("--prompt", default=d.prompt, help="text2audio prompt (default: %(default)r)")
     g.add_argument("--ddcm-steps", type=number_list(int), default=[d.ddcm_steps], metavar="T[,T...]",
                    help=f"ddcm_noise: steps of the DDCM sampler, i.e. the bitstream's length (not --diffusion-steps); with several values "
@@ -125,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project", default="recon", help="W&B project of the run (default: %(default)s)")
     p.add_argument("--report-max-files", type=int, default=12, help="files with audio players in report.html and W&B")
     p.add_argument("--report-embed", action="store_true", help="embed the audio in report.html (compressed) so the page works on its own; default: link the wavs in OUT/")
-    p.add_argument("--no-perceptual", action="store_true", help="skip PESQ and STOI (slow, meaningful for speech)")
+    p.add_argument("--no-perceptual", action="store_true", help="skip PESQ, STOI and ViSQOL (slow, on the CPU)")
+    p.add_argument("--no-visqol", action="store_true", help="skip ViSQOL only (its two modes take about 2.4 s per 10.24 s clip and variant on 2 CPU cores, PESQ and STOI 0.35 s; see the README)")
     return p
 
 
@@ -138,6 +142,13 @@ def number_list(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected one {kind.__name__} value or comma-separated {kind.__name__} values, got {text!r}") from None
     return parse
+
+
+def perceptual_metrics(args: argparse.Namespace) -> tuple[str, ...]:
+    """The perceptual metrics the writer computes: all of them, none, or all but ViSQOL."""
+    if args.no_perceptual:
+        return ()
+    return tuple(m for m in PERCEPTUAL_METRICS if not (args.no_visqol and m in VISQOL_METRICS))
 
 
 def is_launching_process(trainer: L.Trainer) -> bool:
@@ -237,7 +248,13 @@ def run(args: argparse.Namespace) -> int:
     rvq_stages = args.rvq_stages or list(range(1, stages + 1))
     if any(not 1 <= n <= stages for n in rvq_stages) and stages:
         raise UsageError(f"--rvq-stages {rvq_stages}: the checkpoint's codebook has {stages} stage(s)")
-    sweeps = {"refine_strength": args.refine_strength, "ddcm_steps": args.ddcm_steps, "ddcm_k": args.ddcm_k, "rvq_stages": rvq_stages}
+    for kbps in args.opus_kbps:
+        try:
+            opus_level(kbps)
+        except ValueError as err:
+            raise UsageError(f"--opus-kbps: {err}") from None
+    sweeps = {"refine_strength": args.refine_strength, "ddcm_steps": args.ddcm_steps, "ddcm_k": args.ddcm_k, "rvq_stages": rvq_stages,
+              "opus_kbps": args.opus_kbps}
     sweeps.update({f"ddcm_{name}": getattr(args, f"ddcm_{name}") for name in DDCM_FLAGS})
     variants = sweep(resolve(args.variants, available), sweeps)
     dataset = InferenceFiles(args.input, models.backbone.spec)
@@ -254,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         ddcm_steps=args.ddcm_steps[0],
         ddcm_k=args.ddcm_k[0],
+        opus_kbps=args.opus_kbps[0],
         **{f"ddcm_{name}": getattr(args, f"ddcm_{name}")[0] for name in DDCM_FLAGS},
         overlap=overlap_samples(args.overlap, models.backbone.spec),
     )
@@ -278,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         names = journal.finished()
         finished = {i for i, (_, rel) in enumerate(dataset.items) if rel in names}
         log.info("--resume: %d of %d file(s) already done", len(finished), len(dataset))
-    writer = ResultWriter(out, info, models.backbone.spec, perceptual=not args.no_perceptual, overwrite=args.overwrite,
+    writer = ResultWriter(out, info, models.backbone.spec, perceptual=perceptual_metrics(args), overwrite=args.overwrite,
                           resume=args.resume, rank_timeout=args.ddp_timeout)
     trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):

@@ -41,7 +41,7 @@ DISAGREEMENT = 0.5  # rank difference as a fraction of (files - 1)
 MIN_FILES_FOR_RANKS = 4
 
 # Distortions the rate view plots when the run has them, with their direction.
-RATE_DISTORTION_METRICS = (("log_mel_db", "lower"), ("mel_db_mae", "lower"), ("visqol", "higher"))
+RATE_DISTORTION_METRICS = (("log_mel_db", "lower"), ("mel_db_mae", "lower"), ("visqol_audio", "higher"))
 
 TAG_RULES = {
     "envelope drift": f"envelope_rms_l1 > {ENVELOPE_DRIFT:g} (transients smeared, level drifting)",

@@ -27,11 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import files
-from .outputs import UsageError
+from .outputs import JOURNAL, UsageError
 
 log = logging.getLogger(__name__)
 
-JOURNAL = ".recon-journal"
 JOURNAL_FORMAT = 1
 HEARTBEAT_SECONDS = 5.0
 

@@ -12,8 +12,9 @@ AudioLDM2, DAC/audiotools and auraloss use); ``|.|`` is its magnitude.
 ``eps_f32 = torch.finfo(torch.float32).eps`` (about 1.19e-7) guards the SNR family exactly as
 torchmetrics does, so recon's numbers agree with ``torchmetrics.functional.audio`` to rounding.
 
-The only metrics that can return NaN are :func:`pesq_wb` and :func:`stoi`, where they are undefined
-(see the perceptual section: too short, not speech, a silent or near-silent estimate, ...); each
+The only metrics that can return NaN are the perceptual ones (:data:`PERCEPTUAL_METRICS`: PESQ, STOI
+and ViSQOL in its two modes), where they are undefined (see the perceptual section: too short, not
+speech, a silent or near-silent estimate, ...); each
 NaN is logged as a warning on the ``recon.metrics`` logger naming the item and the reason, and a
 reason that lies in the reference once per file rather than once per variant.
 """
@@ -89,7 +90,9 @@ WORKFLOW_METRICS = (
     "envelope_rms_l1",
 )
 WAVEFORM_METRICS = ("log_mel_db", "mel_multiscale", "mr_stft", "lsd_db", "si_sdr_db", "snr_db", "hf_retention", *WORKFLOW_METRICS)
-PERCEPTUAL_METRICS = ("pesq_wb", "stoi")
+# ViSQOL in audio mode (every file, resampled to 48 kHz) and in speech mode (16 kHz, meaningful for speech).
+VISQOL_METRICS = ("visqol_audio", "visqol_speech")
+PERCEPTUAL_METRICS = ("pesq_wb", "stoi", *VISQOL_METRICS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,20 +505,26 @@ def workflow_metrics(reference: Tensor, estimate: Tensor) -> dict[str, Tensor]:
 # perceptual (slow, CPU, numpy): NaN plus a logged warning where the measure is undefined
 #
 # PESQ and STOI are speech measures that normalise level: PESQ aligns both signals to one level,
-# STOI normalises each short-time envelope. So a near-silent output of the right shape scores as
-# well as a loud one (a random-weight vocoder's output 68 dB below its input got PESQ 4.32, STOI
-# 0.52). recon calls them undefined rather than report such numbers:
+# STOI normalises each short-time envelope, ViSQOL scales the estimate to the reference's sound
+# pressure level. So a near-silent output of the right shape scores as well as a loud one (a
+# random-weight vocoder's output 68 dB below its input got PESQ 4.32, STOI 0.52). recon calls them
+# undefined rather than report such numbers:
 #
 # * input contains NaN or infinite samples, or the reference is silent;
-# * the reference is shorter than the measure needs (PESQ 0.25 s, STOI 30 frames = 0.41 s);
+# * the reference is shorter than the measure needs (PESQ 0.25 s, STOI 30 frames = 0.41 s, ViSQOL 1 s);
 # * the estimate is silent or near-silent: its RMS more than NEAR_SILENT_DB below the reference's;
-# * the library rejects the pair: PESQ detects no utterance in the reference (music, noise), or
-#   pystoi keeps fewer than 30 frames after removing the reference's silent frames.
+# * the library rejects the pair: PESQ detects no utterance in the reference (music, noise),
+#   pystoi keeps fewer than 30 frames after removing the reference's silent frames, or ViSQOL
+#   finds too few frames or patches (its speech mode keeps only voice-active patches).
 
 PESQ_MIN_SECONDS = 0.25  # the pesq library raises BufferTooShort below this
 STOI_MIN_SECONDS = 0.41  # 30 frames of 256 samples at 10 kHz, hop 128 (measured on full-band noise)
 # A real reconstruction is within a few dB of its input; random weights give outputs 45-80 dB down.
 NEAR_SILENT_DB = 30.0
+# ViSQOL's audio mode needs 45 frames of 20 ms (0.96 s, measured); speech mode fails below about
+# 0.65 s of speech. One limit for both modes, so a short file is n/a in both for the same reason.
+VISQOL_MIN_SECONDS = 1.0
+VISQOL_AUDIO_RATE = 48000  # the rate ViSQOL's audio mode is defined at (32 gammatone bands to 15 kHz)
 
 
 class _Undefined(Exception):
@@ -581,16 +590,63 @@ def _stoi_one(ref: np.ndarray, est: np.ndarray) -> float:
     return value
 
 
-_SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"pesq_wb": _pesq_one, "stoi": _stoi_one}
+@functools.lru_cache(maxsize=None)
+def _visqol_api(mode: str):
+    """One ViSQOL instance per mode and process (creating one loads its model)."""
+    from visqol import VisqolApi
+
+    api = VisqolApi()
+    if mode == "speech":
+        # The deep-lattice mapper, ViSQOL's C++ default; the polynomial fallback over-predicts
+        # degraded speech by 1-2 MOS. Explicit, so a missing runtime is an error, not a fallback.
+        api.create(mode="speech", use_lattice_model=True)
+    else:
+        api.create(mode="audio")
+    return api
+
+
+def to_visqol_audio_rate(x: np.ndarray) -> np.ndarray:
+    """16 kHz -> 48 kHz for ViSQOL's audio mode, with torchaudio's resampler (windowed sinc, width 6,
+    rolloff 0.99: the one recon resamples with everywhere), in float64. Nothing is added above 8 kHz."""
+    import torchaudio.functional as AF
+
+    return AF.resample(torch.from_numpy(np.asarray(x, dtype=np.float64)), SAMPLE_RATE, VISQOL_AUDIO_RATE).numpy()
+
+
+def _visqol_one(mode: str, ref: np.ndarray, est: np.ndarray) -> float:
+    _check_defined(ref, est, VISQOL_MIN_SECONDS)
+    if mode == "audio":
+        ref, est, rate = to_visqol_audio_rate(ref), to_visqol_audio_rate(est), VISQOL_AUDIO_RATE
+    else:
+        rate = SAMPLE_RATE
+    try:
+        return _visqol_api(mode).measure_from_arrays(ref, est, rate).moslqo
+    except (ValueError, IndexError) as err:
+        # Too few frames for a patch, or (speech mode) no voice-active patch in the reference.
+        raise _Undefined(f"ViSQOL {mode} mode failed ({type(err).__name__}: {err})") from err
+
+
+def _visqol_audio_one(ref: np.ndarray, est: np.ndarray) -> float:
+    return _visqol_one("audio", ref, est)
+
+
+def _visqol_speech_one(ref: np.ndarray, est: np.ndarray) -> float:
+    return _visqol_one("speech", ref, est)
+
+
+_SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "pesq_wb": _pesq_one, "stoi": _stoi_one, "visqol_audio": _visqol_audio_one, "visqol_speech": _visqol_speech_one,
+}
+_MIN_SECONDS = {"pesq_wb": PESQ_MIN_SECONDS, "stoi": STOI_MIN_SECONDS, "visqol_audio": VISQOL_MIN_SECONDS, "visqol_speech": VISQOL_MIN_SECONDS}
 
 
 def undefined_reason(name: str, reference: np.ndarray, estimate: np.ndarray) -> str | None:
-    """Why ``name`` (``pesq_wb`` or ``stoi``) is undefined for this pair by the checks that need no
+    """Why ``name`` (one of :data:`PERCEPTUAL_METRICS`) is undefined for this pair by the checks that need no
     library (input, length, level), or None. Cheap: the report asks it for every NaN cell."""
     ref = np.asarray(reference, dtype=np.float64).reshape(-1)
     est = np.asarray(estimate, dtype=np.float64).reshape(-1)
     try:
-        _check_defined(ref, est, {"pesq_wb": PESQ_MIN_SECONDS, "stoi": STOI_MIN_SECONDS}[name])
+        _check_defined(ref, est, _MIN_SECONDS[name])
     except _Undefined as err:
         return str(err)
     return None
@@ -671,11 +727,37 @@ def stoi(reference: Tensor, estimate: Tensor, labels: Sequence[str] | None = Non
     return _per_item("stoi", reference, estimate, labels)
 
 
-def perceptual_scores(reference: np.ndarray, estimate: np.ndarray, label: str) -> dict[str, float]:
-    """``pesq_wb`` and ``stoi`` of one pair of host arrays. Runs in a worker process of the result
-    writer (or on its thread); ``label`` (the runner passes ``"<file> [<variant>]"``) names the pair
-    in the warning about a NaN."""
-    scores = _score_pair(reference, estimate, PERCEPTUAL_METRICS)
+def visqol_audio(reference: Tensor, estimate: Tensor, labels: Sequence[str] | None = None) -> Tensor:
+    """ViSQOL v3 MOS-LQO in audio mode (about 1-4.75) per item, ``visqol-python`` (a port of Google's
+    C++ ViSQOL checked against it by its authors): both 16 kHz signals are resampled to 48 kHz with
+    :func:`to_visqol_audio_rate`, the rate the mode is defined at; 32 gammatone bands 50 Hz-15 kHz,
+    NSIM of 30-frame patches mapped to MOS by the bundled SVR model. Above 8 kHz both signals are
+    empty, so the top bands compare silence with silence. For every kind of audio.
+
+    The library scales the estimate to the reference's level, so a near-silent estimate is NaN as
+    for PESQ; NaN also for a reference shorter than ``VISQOL_MIN_SECONDS`` (1 s) and where the
+    library finds too few frames, with a warning as for :func:`pesq_wb`.
+    """
+    return _per_item("visqol_audio", reference, estimate, labels)
+
+
+def visqol_speech(reference: Tensor, estimate: Tensor, labels: Sequence[str] | None = None) -> Tensor:
+    """ViSQOL v3 MOS-LQO in speech mode (about 1-4.55) per item, at 16 kHz (the mode's rate, no
+    resampling): 21 gammatone bands 50 Hz-8 kHz, voice-active 20-frame patches only, mapped to MOS by
+    the deep-lattice model (ViSQOL's C++ default; needs ``ai-edge-litert``). Meaningful for speech,
+    computed for every file like STOI. NaN as for :func:`visqol_audio`, and where the library finds
+    no voice-active patch."""
+    return _per_item("visqol_speech", reference, estimate, labels)
+
+
+def perceptual_scores(reference: np.ndarray, estimate: np.ndarray, label: str, names: Sequence[str] = PERCEPTUAL_METRICS) -> dict[str, float]:
+    """The perceptual metrics ``names`` (default all: PESQ, STOI, ViSQOL audio and speech mode) of one
+    pair of 16 kHz host arrays. Runs in a worker process of the result writer (or on its thread);
+    ``label`` (the runner passes ``"<file> [<variant>]"``) names the pair in the warning about a NaN."""
+    unknown = [n for n in names if n not in _SCORERS]
+    if unknown:
+        raise ValueError(f"unknown perceptual metrics {unknown}; known: {', '.join(PERCEPTUAL_METRICS)}")
+    scores = _score_pair(reference, estimate, names)
     _warn_undefined(scores, label, np.asarray(reference))
     return {name: value for name, (value, _, _) in scores.items()}
 
@@ -711,7 +793,7 @@ def compute_all(
     ``hf_retention`` (cutoff 4 kHz), the workflow metrics of :data:`WORKFLOW_METRICS`
     (``mel_db_mae`` and its ``_low``/``_high`` bands, ``stft_mag_mse``, ``spectral_centroid_l1``,
     ``waveform_corr``, ``envelope_rms_l1``) and, unless ``include_perceptual=False`` (they are
-    slow), ``pesq_wb`` and ``stoi``.
+    slow), ``pesq_wb``, ``stoi``, ``visqol_audio`` and ``visqol_speech``.
     """
     reference, estimate = _check_pair(reference, estimate)
     out = {
@@ -727,6 +809,8 @@ def compute_all(
     if include_perceptual:
         out["pesq_wb"] = pesq_wb(reference, estimate)
         out["stoi"] = stoi(reference, estimate)
+        out["visqol_audio"] = visqol_audio(reference, estimate)
+        out["visqol_speech"] = visqol_speech(reference, estimate)
     return out
 
 
@@ -740,6 +824,9 @@ __all__ = [
     "NEAR_SILENT_DB",
     "PESQ_MIN_SECONDS",
     "STOI_MIN_SECONDS",
+    "VISQOL_AUDIO_RATE",
+    "VISQOL_METRICS",
+    "VISQOL_MIN_SECONDS",
     "bitrate_bps",
     "compute_all",
     "high_frequency_retention",
@@ -762,7 +849,10 @@ __all__ = [
     "spectral_centroid_l1",
     "stft_mag_mse",
     "stoi",
+    "to_visqol_audio_rate",
     "undefined_reason",
+    "visqol_audio",
+    "visqol_speech",
     "waveform_correlation",
     "workflow_metrics",
 ]

@@ -21,6 +21,8 @@ INPUT_FOLDER = "input"
 # The top-level names of OUT that the last run writes, recorded before it writes any of them:
 # --overwrite removes exactly these, so a user's own files in OUT and stale variants are told apart.
 MANIFEST = ".recon-manifest.json"
+# The journal of committed files that --resume continues from (recon.journal).
+JOURNAL = ".recon-journal"
 MANIFEST_FORMAT = 1
 
 
@@ -91,7 +93,8 @@ def check_output(out: Path, overwrite: bool, outputs: list[str] | tuple[str, ...
         stale = [e for e in previous if (out / e.removesuffix("/")).exists() or (out / e.removesuffix("/")).is_symlink()]
         existing = stale
     if existing and not overwrite:
-        raise UsageError(f"{out} already holds results ({', '.join(sorted(existing))}); pass --overwrite or choose another --output")
+        resumable = ", or --resume to continue the run that stopped there" if (out / JOURNAL / "run.json").is_file() else ""
+        raise UsageError(f"{out} already holds results ({', '.join(sorted(existing))}); pass --overwrite or choose another --output{resumable}")
     foreign = [e for e in outputs if e not in (previous or []) and _occupied(out / e.removesuffix("/"))]
     if foreign:
         raise UsageError(

@@ -96,6 +96,7 @@ METRIC_ORDER = (
     "hf_retention",
     "pesq_wb",
     "stoi",
+    *M.VISQOL_METRICS,
     "latent_snr_db",
     *M.WORKFLOW_METRICS,
     "bitrate_bps",
@@ -311,7 +312,8 @@ COLUMNS = {
     "pesq_wb": Column("PESQ", "MOS", 2, "higher", "wide-band PESQ, 1-4.6; speech only"),
     "stoi": Column("STOI", "0-1", 2, "higher", "short-time objective intelligibility; speech only"),
     "latent_snr_db": Column("latent SNR", "dB", 1, "higher", "SNR of the variant's latent against the VAE's"),
-    "visqol": Column("ViSQOL", "MOS", 2, "higher", "ViSQOL MOS-LQO, 1-5"),
+    "visqol_audio": Column("ViSQOL audio", "MOS", 2, "higher", "ViSQOL v3 MOS-LQO in audio mode (resampled to 48 kHz), 1-4.75; every file"),
+    "visqol_speech": Column("ViSQOL speech", "MOS", 2, "higher", "ViSQOL v3 MOS-LQO in speech mode (16 kHz, lattice mapper), 1-4.55; speech only"),
     # The DDCM-on-AudioLDM2 workflow's evaluation (recon.metrics.WORKFLOW_METRICS): a table of their own.
     "mel_db_mae": Column("mel dB MAE", "dB", 2, "lower", "mean |difference| of 128 HTK mel bins in dB of power, 0-8 kHz, 80 dB range per signal", "workflow"),
     "mel_db_mae_low": Column("low band", "dB", 2, "lower", "mel_db_mae over mel bins 0-41 (centres up to 0.89 kHz)", "workflow"),
@@ -323,7 +325,7 @@ COLUMNS = {
 }
 # Rates are shown in the bitrate column, not as metrics.
 RATE_COLUMNS = ("bitrate_bps", "measured_bps")
-PERCEPTUAL = ("pesq_wb", "stoi")
+PERCEPTUAL = M.PERCEPTUAL_METRICS
 NOT_APPLICABLE = "—"
 UNDEFINED = "n/a"
 
@@ -408,7 +410,7 @@ def _short_reason(reason: str) -> str:
 
 
 def _undefined_reasons(out_dir: Path, rows: list[dict], spec: AudioSpec) -> dict[tuple[str, str, str], str]:
-    """``(file, variant, metric) -> reason`` for every NaN PESQ/STOI cell of metrics.csv.
+    """``(file, variant, metric) -> reason`` for every NaN perceptual cell (PESQ, STOI, ViSQOL) of metrics.csv.
 
     metrics.csv holds only the NaN, so the reason is found again from the written audio: first the
     cheap checks of the pair (length, level); failing those, the library on the reference against
@@ -646,14 +648,14 @@ def _summary_notes(summary: dict, variants: list[str], reasons: dict) -> str:
             "(e.g. text-to-audio); their metrics are for reference only."
         )
     notes.append(
-        "PESQ and STOI are speech measures: n/a where they are undefined (reference too short or with "
+        "PESQ, STOI and ViSQOL speech are speech measures, ViSQOL audio is for every file: n/a where they are undefined (reference too short or with "
         f"no utterance, an output that is silent or more than {M.NEAR_SILENT_DB:g} dB below the input); "
         "<sup class=part>k/n</sup>: the mean covers k of n files."
     )
     out = "".join(f"<p class=small>{n}</p>" for n in notes)
     if reasons:
         items = "".join(f"<li>{_e(r)}: {n} cell(s)</li>" for r, n in _counts(_short_reason(r) for r in reasons.values()).items())
-        out += f"<details><summary class=small>Why PESQ/STOI are n/a ({len(reasons)} cells)</summary><ul class=small>{items}</ul></details>"
+        out += f"<details><summary class=small>Why PESQ/STOI/ViSQOL are n/a ({len(reasons)} cells)</summary><ul class=small>{items}</ul></details>"
     descriptions = [(v, summary.get("variants", {}).get(v, {}).get("description")) for v in variants]
     if any(d for _, d in descriptions):
         items = "".join(f"<dt>{_e(v)}</dt><dd>{_e(d or '')}</dd>" for v, d in descriptions)

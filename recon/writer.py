@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -64,14 +65,15 @@ class ResultWriter(BasePredictionWriter):
     ``rank_timeout``: seconds rank 0 waits for a rank whose heartbeat stopped before giving up on it.
     """
 
-    def __init__(self, out_dir: str | Path, info: RunInfo, spec: AudioSpec = AudioSpec(), perceptual: bool = True,
+    def __init__(self, out_dir: str | Path, info: RunInfo, spec: AudioSpec = AudioSpec(), perceptual: bool | Sequence[str] = True,
                  overwrite: bool = False, queue_batches: int = 4, perceptual_workers: int | None = None,
                  resume: bool = False, perceptual_backlog: int | None = None, rank_timeout: float = 1800.0):
         super().__init__(write_interval="batch")
         self.out = Path(out_dir)
         self.info = info
         self.spec = spec
-        self.perceptual = perceptual
+        # True: every metric of M.PERCEPTUAL_METRICS; or the names of those to compute.
+        self.perceptual = tuple(M.PERCEPTUAL_METRICS if perceptual is True else perceptual or ())
         self.overwrite = overwrite
         self.resume = resume
         self.queue_batches = queue_batches
@@ -268,9 +270,9 @@ class ResultWriter(BasePredictionWriter):
         if self.perceptual:
             label = f"{result.relpath} [{out.variant}]"
             if self._pool is not None:
-                future = self._pool.submit(M.perceptual_scores, result.input_wav, out.wav, label)
+                future = self._pool.submit(M.perceptual_scores, result.input_wav, out.wav, label, self.perceptual)
             else:
-                row.update(M.perceptual_scores(result.input_wav, out.wav, label))
+                row.update(M.perceptual_scores(result.input_wav, out.wav, label, self.perceptual))
         return row, future
 
     def _commit_ready(self, backlog: int) -> None:
@@ -302,6 +304,9 @@ class ResultWriter(BasePredictionWriter):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._finished = True  # the exception is the run's outcome; no summary
+        if self._rank_journal is not None:
+            # Rank 0 learns it at once instead of waiting for the heartbeat to fall silent.
+            self._rank_journal.done(f"failed: {describe_error(exception)}")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         # A rank whose share is empty never reaches on_predict_end (Lightning skips its loop).

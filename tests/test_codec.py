@@ -298,6 +298,7 @@ def pipeline(tmp_path_factory) -> Path:
 DDCM = ["--ddcm-steps", "6", "--ddcm-k", "64", "--seed", "3"]
 
 
+@pytest.mark.usefixtures("single_thread")  # tiny tensors: a second thread only waits on the first
 def test_ddcm_files_from_infer_and_the_command_line_decode_on_their_own(inputs, pipeline, tmp_path, capsys):
     out, coded, decoded = tmp_path / "out", tmp_path / "coded", tmp_path / "decoded"
     assert infer.main(["--backbone", "random:tiny", "--diffusion", str(pipeline), "--input", str(inputs), "--output", str(out),
@@ -332,6 +333,7 @@ def test_ddcm_files_from_infer_and_the_command_line_decode_on_their_own(inputs, 
     assert "needs the AudioLDM2 diffusion components (--diffusion)" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("single_thread")  # tiny tensors: a second thread only waits on the first
 def test_ddcm_decoding_in_a_batch_reproduces_encoding_one_segment_at_a_time(pipeline):
     """The per-step codebooks and x_T are shared and the argmax is per item, so a batch decodes each
     item as if alone; the UNet's batch rounding is what remains (stated tolerance: 1e-5 of the latent's

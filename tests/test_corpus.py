@@ -77,7 +77,7 @@ def test_the_perceptual_backlog_is_bounded_and_pushes_back(tmp_path, monkeypatch
     from concurrent.futures import ThreadPoolExecutor
 
     gate = threading.Event()
-    monkeypatch.setattr(M, "perceptual_scores", lambda ref, est, label: gate.wait(10) and {"pesq_wb": 1.0, "stoi": 1.0})
+    monkeypatch.setattr(M, "perceptual_scores", lambda ref, est, label, names: gate.wait(10) and {"pesq_wb": 1.0, "stoi": 1.0})
     writer = ResultWriter(tmp_path, RunInfo([VARIANTS["vae_mode"]], {}), perceptual=True, perceptual_backlog=2)
     writer._pool = ThreadPoolExecutor(1)  # a stand-in for the worker processes
     progress = []

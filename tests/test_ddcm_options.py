@@ -22,6 +22,7 @@ from recon.ddcm_options import (
     unpack_codes,
 )
 from recon.diffusion import AUDIOLDM2_SCHEDULER_CONFIG
+from tests.conftest import write_tone  # at import: importing conftest again sets the thread count, a test must not
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -344,7 +345,6 @@ def test_infer_sweeps_an_option_and_recon_decodes_each_file_with_no_flags(tmp_pa
     import soundfile as sf
 
     from recon import cli
-    from tests.conftest import write_tone
 
     write_tone(tmp_path / "in" / "a.wav", 1.0)
     out = tmp_path / "out"

@@ -77,7 +77,7 @@ def test_every_input_and_variant_written_exactly_once(tmp_path, devices, capsys,
     assert code == 1, stderr[-3000:]  # some inputs failed
     rows = read_csv(out / "metrics.csv")
     counts = Counter((r["file"], r["variant"]) for r in rows)
-    assert set(counts) == {(f, v) for f in good for v in VARIANTS if v in {"vae_mode", "vae_sample", "vae_clamped", "vae_highfreq", "vae_mixed", "vocoder_only", "griffinlim", "codebook_hard", "codebook_soft"}}
+    assert set(counts) == {(f, v) for f in good for v in VARIANTS if v in {"vae_mode", "vae_sample", "vae_clamped", "vae_highfreq", "vae_mixed", "vocoder_only", "griffinlim", "codebook_hard", "codebook_soft", "opus"}}
     assert set(counts.values()) == {1}
     errors = {r["file"]: r["reason"] for r in read_csv(out / "errors.csv")}
     assert set(errors) == bad

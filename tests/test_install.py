@@ -26,6 +26,7 @@ MODULES = {
     "constriction": "constriction",
     "pesq": "pesq",
     "pystoi": "pystoi",
+    "visqol-python": "visqol",
     "pillow": "PIL",
     "numpy": "numpy",
     "tqdm": "tqdm",

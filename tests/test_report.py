@@ -407,7 +407,7 @@ def test_undefined_pesq_stoi_read_na_with_the_reason(tmp_path):
         cell = grid["vae"][name]
         assert cell["text"] == "n/a" and "estimate is near-silent (60 dB below the reference" in cell["title"]
     assert grid["codebook"]["PESQ MOS ↑"]["text"] == "3.10" and not grid["codebook"]["PESQ MOS ↑"]["title"]
-    assert "Why PESQ/STOI are n/a (5 cells)" in text  # vae's 2, and the fixture's NaN PESQ of text2audio x 3 files
+    assert "Why PESQ/STOI/ViSQOL are n/a (5 cells)" in text  # vae's 2, and the fixture's NaN PESQ of text2audio x 3 files
 
 
 def test_html_report_max_files_and_missing(out_dir):

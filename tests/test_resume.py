@@ -52,20 +52,42 @@ def committed(out: Path) -> dict[str, set[str]]:
     return found
 
 
-def kill_part_way(args: list[str], out: Path, at_least: int, timeout: float = 240) -> set[str]:
-    """Start infer.py, SIGKILL its whole process group once ``at_least`` files are committed; returns them."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "infer.py"), *args], cwd=out.parent, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def kill_part_way(runs: dict[str, tuple[list[str], Path, int]], timeout: float = 300) -> dict[str, set[str]]:
+    """Start infer.py once per entry (name -> (arguments, output folder, files)), all at once so their
+    imports overlap; SIGKILL each one's process group once that many of its files are committed.
+    Returns the files each had committed."""
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "infer.py"), *args], cwd=out.parent, env=env(), start_new_session=True,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name, (args, out, _) in runs.items()}
     deadline = time.monotonic() + timeout
     try:
-        while sum(map(len, committed(out).values())) < at_least if (out / JOURNAL).is_dir() else True:
-            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "the run committed too few files in time"
+        while procs:
+            for name, proc in list(procs.items()):
+                _, out, at_least = runs[name]
+                if (out / JOURNAL).is_dir() and sum(map(len, committed(out).values())) >= at_least:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=30)
+                    del procs[name]
+                else:
+                    assert proc.poll() is None, f"{name}: the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "the runs committed too few files in time"
             time.sleep(0.02)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    return set().union(*committed(out).values())
+        for proc in procs.values():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    return {name: set().union(*committed(out).values()) for name, (_, out, _) in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def killed(corpus, tmp_path_factory) -> dict[str, tuple[Path, set[str]]]:
+    """A run on one rank and one on 2 DDP processes (the launcher re-runs infer.py per rank), killed part-way."""
+    one, ddp = tmp_path_factory.mktemp("one") / "out", tmp_path_factory.mktemp("ddp") / "out"
+    done = kill_part_way({
+        "one": (["--input", str(corpus), "--output", str(one), *ARGS], one, 2),
+        "ddp": (["--input", str(corpus), "--output", str(ddp), *ARGS, "--devices", "2", "--strategy", "ddp"], ddp, 3),
+    })
+    return {"one": (one, done["one"]), "ddp": (ddp, done["ddp"])}
 
 
 def table(out: Path) -> list[dict]:
@@ -105,19 +127,20 @@ def check_resumed(out: Path, done_before: set[str], uninterrupted: list[dict]) -
     assert not list(out.rglob(".*.tmp"))
 
 
-def test_a_killed_run_resumes_to_the_same_metrics(corpus, tmp_path, uninterrupted):
-    out = tmp_path / "out"
-    done = kill_part_way(["--input", str(corpus), "--output", str(out), *ARGS], out, at_least=2)
+def test_a_killed_run_resumes_to_the_same_metrics(corpus, killed, uninterrupted, capsys):
+    out, done = killed["one"]
     before = {f: (out / "vae_mode" / f).stat().st_mtime_ns for f in done}
     assert not (out / "metrics.csv").exists()
+    capsys.readouterr()
+    assert infer.main(["--input", str(corpus), "--output", str(out), *ARGS]) == 2  # without --resume: refused, and says why
+    assert "--resume to continue the run that stopped there" in capsys.readouterr().err
     assert infer.main(["--input", str(corpus), "--output", str(out), *ARGS, "--resume"]) == 0
     check_resumed(out, done, uninterrupted)
     assert {f: (out / "vae_mode" / f).stat().st_mtime_ns for f in done} == before  # committed files were not redone
 
 
-def test_a_killed_ddp_run_resumes_to_the_same_metrics(corpus, tmp_path, uninterrupted):
-    out = tmp_path / "out"
-    done = kill_part_way(["--input", str(corpus), "--output", str(out), *ARGS, "--devices", "2", "--strategy", "ddp"], out, at_least=3)
+def test_a_killed_ddp_run_resumes_to_the_same_metrics(corpus, killed, uninterrupted):
+    out, done = killed["ddp"]
     assert infer.main(["--input", str(corpus), "--output", str(out), *ARGS, "--devices", "2", "--strategy", "ddp_spawn", "--resume"]) == 0
     check_resumed(out, done, uninterrupted)
 

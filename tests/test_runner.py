@@ -170,7 +170,7 @@ class RankZero:
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["writer-thread", "worker-process"])
 def test_perceptual_scores_land_in_their_row(tmp_path, caplog, workers):
-    """PESQ and STOI, computed on the writer thread or in a worker process, land in the row of their
+    """PESQ, STOI and ViSQOL, computed on the writer thread or in a worker process, land in the row of their
     file and variant; a NaN warning names both."""
     rng = np.random.default_rng(0)
     t = np.arange(32000) / 16000
@@ -185,6 +185,7 @@ def test_perceptual_scores_land_in_their_row(tmp_path, caplog, workers):
     expected = M.perceptual_scores(reference, estimate, "a.wav [vae_mode]")
     assert float(row["stoi"]) == pytest.approx(expected["stoi"]) and 0 < expected["stoi"] <= 1
     assert (math.isnan(expected["pesq_wb"]) and row["pesq_wb"] == "nan") or float(row["pesq_wb"]) == pytest.approx(expected["pesq_wb"])
+    assert float(row["visqol_audio"]) == pytest.approx(expected["visqol_audio"]) and 1 < expected["visqol_audio"] <= 5
     assert writer._pool is None and writer._thread is None
     M.perceptual_scores(reference, np.zeros_like(estimate), "b.wav [codebook_hard]")
     assert "pesq_wb of b.wav [codebook_hard] is NaN: estimate is silent" in caplog.text

@@ -11,7 +11,9 @@ from .backbone_training import SmallRecipe, train_small
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recon.backbone", description="The frozen AudioLDM2 VAE + HiFi-GAN vocoder, and offline random-weight stand-ins.")
+    parser = argparse.ArgumentParser(
+        prog="python -m recon.backbone", description="The frozen AudioLDM2 VAE + HiFi-GAN vocoder, and offline random-weight stand-ins."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make", help="save a random-weight backbone in the cvssp/audioldm2 folder layout")
     make.add_argument("--size", choices=sorted(RANDOM_CONFIGS), default="tiny")
