@@ -29,7 +29,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.multiprocessing import ProcessRaisedException  # noqa: E402
 
-from recon.audio import MelFrontEnd  # noqa: E402
+from recon.audio import DEFAULT_OVERLAP_SECONDS, MelFrontEnd, overlap_samples  # noqa: E402
 from recon.ddcm_options import FLAGS as DDCM_FLAGS, add_arguments as add_ddcm_arguments  # noqa: E402
 from recon.backbone import HUB_ID, FrozenAudioLDM2, describe_weights  # noqa: E402
 from recon.compile import COMPILE_MODES  # noqa: E402
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="codebook_rvq: residual stage counts to run, one codebook_rvq@N column each (default: every prefix of the checkpoint's ladder)")
     p.add_argument("--opus-kbps", type=number_list(float), default=[d.opus_kbps], metavar="R[,R...]",
                    help=f"opus baseline: target rates in kb/s (6 to 256, libsndfile's encoder); several values give one opus@<R>k column each, reported at the rate measured from the written streams (default: {d.opus_kbps:g})")
+    p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_SECONDS, metavar="SECONDS",
+                   help="seconds shared by consecutive 10.24 s windows of a file, crossfaded linearly, a multiple of 0.04; "
+                        "0 butts the windows end to end (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of posterior samples and Griffin-Lim")
     p.add_argument("--griffinlim-iters", type=int, default=64, help="Griffin-Lim iterations of the griffinlim baseline")
     p.add_argument("--overwrite", action="store_true", help="remove what the previous run in --output wrote (listed in its .recon-manifest.json), then write; other files there stay")
@@ -270,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
         ddcm_k=args.ddcm_k[0],
         opus_kbps=args.opus_kbps[0],
         **{f"ddcm_{name}": getattr(args, f"ddcm_{name}")[0] for name in DDCM_FLAGS},
+        overlap=overlap_samples(args.overlap, models.backbone.spec),
     )
     for variant in variants:
         if variant.name.split("@")[0] == "ddcm_noise":  # every point's options are valid, before any model runs

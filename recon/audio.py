@@ -197,18 +197,52 @@ def load_waveform(path: str | Path, spec: AudioSpec = AudioSpec(), *, mixdown: M
 TAIL_FRAMES = 128  # 1.28 s: a multiple of every downsampling in the VAE (4) and the diffusion UNet (8 x 4)
 
 
-def segment_lengths(num_samples: int, segment: int, quantum: int) -> list[int]:
-    """Samples spanned by each segment of a ``num_samples`` file: full ``segment``s, then the rest
-    zero-padded up to a multiple of ``quantum`` (at least one segment). Codec files store only
-    ``segment`` and ``quantum``: the layout follows from the length."""
+# Consecutive windows may overlap by a multiple of 4 frames (640 samples, the VAE's time
+# downsampling): every window then starts on the same STFT and latent grid as the first.
+OVERLAP_QUANTUM_FRAMES = 4
+
+
+# The default overlap of infer.py and ``recon encode``: measured in bench/seams.py (README,
+# "Long files and seams").
+DEFAULT_OVERLAP_SECONDS = 0.32
+
+
+def overlap_samples(seconds: float, spec: AudioSpec = AudioSpec()) -> int:
+    """``seconds`` of window overlap in samples; a ValueError unless it is a multiple of
+    ``OVERLAP_QUANTUM_FRAMES`` frames (0.04 s) shorter than half a segment."""
+    quantum = OVERLAP_QUANTUM_FRAMES * spec.hop_length
+    if not math.isfinite(seconds):
+        raise ValueError(f"overlap {seconds} s is not a number of seconds")
+    samples = round(seconds * spec.sample_rate)
+    if abs(seconds * spec.sample_rate - samples) > 1e-6 * spec.sample_rate or samples % quantum:
+        raise ValueError(f"overlap {seconds} s is not a multiple of {quantum / spec.sample_rate} s ({quantum} samples)")
+    if not 0 <= samples <= spec.num_samples // 2:
+        raise ValueError(f"overlap {seconds} s must lie in [0, {spec.duration / 2}] s")
+    return samples
+
+
+def segment_lengths(num_samples: int, segment: int, quantum: int, overlap: int = 0) -> list[int]:
+    """Samples spanned by each window of a ``num_samples`` file. Window ``k`` starts at
+    ``k * (segment - overlap)``; full ``segment``s while they fit, then one last window over the
+    rest (when the full ones do not reach the end), zero-padded up to a multiple of ``quantum``
+    (at least one window). With ``overlap`` 0 the windows are butted segments. Codec files store
+    only ``segment``, ``quantum`` and ``overlap``: the layout follows from the length."""
     if segment % quantum:
         raise ValueError(f"a tail quantum of {quantum} samples must divide the {segment}-sample segment")
-    full, rest = divmod(num_samples, segment)
-    return [segment] * full + ([max(1, math.ceil(rest / quantum)) * quantum] if rest or not full else [])
+    if not 0 <= overlap < segment:
+        raise ValueError(f"an overlap of {overlap} samples must lie in [0, {segment})")
+    hop = segment - overlap
+    full = (num_samples - segment) // hop + 1 if num_samples >= segment else 0
+    reached = (full - 1) * hop + segment if full else 0
+    if full and reached >= num_samples:
+        return [segment] * full
+    rest = num_samples - full * hop
+    return [segment] * full + [max(1, math.ceil(rest / quantum)) * quantum]
 
 
-def split_file(wav: Tensor, spec: AudioSpec = AudioSpec(), tail_frames: int | None = TAIL_FRAMES) -> list[Tensor]:
-    """Cut a ``[samples]`` waveform into full segments and a shorter last one.
+def split_file(wav: Tensor, spec: AudioSpec = AudioSpec(), tail_frames: int | None = TAIL_FRAMES, overlap: int = 0) -> list[Tensor]:
+    """Cut a ``[samples]`` waveform into full segments and a shorter last one, consecutive ones
+    sharing ``overlap`` samples (:func:`segment_lengths`; :func:`crossfade_join` undoes it).
 
     The last segment is zero-padded only up to a multiple of ``tail_frames`` frames, not to a full
     10.24 s: a 1 s file costs one eighth of a segment's forwards instead of a whole one. The
@@ -217,8 +251,35 @@ def split_file(wav: Tensor, spec: AudioSpec = AudioSpec(), tail_frames: int | No
     """
     step = spec.num_samples
     quantum = step if tail_frames is None else tail_frames * spec.hop_length
-    lengths = segment_lengths(wav.shape[-1], step, quantum)
-    return [fit_length(wav[..., i * step : (i + 1) * step], length) for i, length in enumerate(lengths)]
+    lengths = segment_lengths(wav.shape[-1], step, quantum, overlap)
+    hop = step - overlap
+    return [fit_length(wav[..., i * hop : i * hop + step], length) for i, length in enumerate(lengths)]
+
+
+def crossfade_weights(overlap: int, device=None) -> Tensor:
+    """The incoming window's weight over an overlap: ``w[t] = (t + 1/2) / overlap``, a linear ramp
+    (triangular overlap-add, as EnCodec joins its chunks); the outgoing one's is ``1 - w[t]``."""
+    return (torch.arange(overlap, dtype=torch.float32, device=device) + 0.5) / overlap
+
+
+def crossfade_join(parts: list[Tensor], overlap: int, length: int) -> Tensor:
+    """The waveform ``[length]`` of window outputs ``parts`` cut by :func:`split_file` with
+    ``overlap``: each window laid at ``k * (segment - overlap)``, and over each overlap
+    ``y = a + w * (b - a)`` (``torch.lerp``), ``a`` the outgoing window, ``b`` the incoming one,
+    ``w`` :func:`crossfade_weights`. The weights sum to one, and windows that agree give exactly
+    their common samples. ``overlap`` 0 is concatenation."""
+    if overlap == 0 or len(parts) == 1:
+        return torch.cat(parts)[:length]
+    segment = parts[0].shape[-1]
+    hop = segment - overlap
+    out = parts[0].new_empty((len(parts) - 1) * hop + parts[-1].shape[-1])
+    weights = crossfade_weights(overlap, out.device).to(out.dtype)
+    for k, part in enumerate(parts):
+        start = k * hop
+        out[start : start + part.shape[-1]] = part
+        if k:
+            out[start : start + overlap] = torch.lerp(parts[k - 1][segment - overlap :], part[:overlap], weights)
+    return out[:length]
 
 
 def length_chunks(lengths: list[int], batch_size: int) -> list[list[int]]:

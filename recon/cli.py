@@ -113,10 +113,11 @@ def _report(failures: list[str], done: int, what: str, out: Path) -> int:
 def encode(args) -> int:
     import torch
 
-    from .audio import MelFrontEnd
+    from .audio import MelFrontEnd, overlap_samples
     from .inputs import InferenceFiles, output_relpath
 
     backbone, quantizer, diffusion, device = _load(args)
+    overlap = overlap_samples(args.overlap, backbone.spec)
     if args.codec == "ddcm":
         if diffusion is None:
             raise ValueError("--codec ddcm needs --diffusion (the AudioLDM2 pipeline whose UNet codes the noise)")
@@ -151,9 +152,10 @@ def encode(args) -> int:
             try:
                 batch_items = [item for item, _ in todo]
                 if args.codec == "ddcm":
-                    containers = _encode_ddcm(batch_items, backbone, frontend, diffusion, device, args)
+                    containers = _encode_ddcm(batch_items, backbone, frontend, diffusion, device, args, overlap)
                 else:
-                    containers = _encode_batch(batch_items, backbone, frontend, quantizer, device, args.batch_size, stages, entropy=not args.fixed_rate)
+                    containers = _encode_batch(batch_items, backbone, frontend, quantizer, device, args.batch_size, stages,
+                                               entropy=not args.fixed_rate, overlap=overlap)
             except Exception as err:  # one batch's failure is its files' failure; the rest go on
                 failures += [f"{item['relpath']}: encoding failed: {' '.join(str(err).split())}" for item, _ in todo]
                 containers = []
@@ -187,12 +189,13 @@ def with_input_format(container: Container, path: str) -> Container:
     return Container(dict(container.header, input_sample_rate=int(rate), input_channels=int(channels)), container.payload)
 
 
-def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size: int, code) -> list[tuple[list, list[int]]]:
+def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size: int, code, overlap: int = 0) -> list[tuple[list, list[int]]]:
     """Per file: (per-segment codes, segment lengths). Segments of all files are batched by length
-    (as infer.py batches them); ``code(posterior_mean, logmel)`` gives one code tensor per segment."""
+    (as infer.py batches them); ``code(posterior_mean, logmel)`` gives one code tensor per segment;
+    consecutive segments share ``overlap`` samples."""
     from .windows import Windows
 
-    windows = Windows([item["wav"] for item in items], backbone.spec)
+    windows = Windows([item["wav"] for item in items], backbone.spec, overlap)
     codes: list = [None] * len(windows)
     for chunk, logmel, posterior in windows.encoded(frontend, backbone, batch_size, device):
         for i, code_i in zip(chunk, code(posterior.mean.float(), logmel)):
@@ -209,7 +212,7 @@ def _ddcm_settings(args):
 
 
 @_no_grad
-def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args) -> list:
+def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args, overlap: int = 0) -> list:
     from .codec import ddcm_container
     from .ddcm import compress
     from .variants import logmel_error
@@ -223,13 +226,14 @@ def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args)
         rerank = logmel_error(backbone, logmel, scale) if options.rerank > 1 else None
         return compress(denoiser, mean * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed, options, rerank)[0]
 
-    encoded = _encoded_segments(items, backbone, frontend, device, args.batch_size, code)
-    return [ddcm_container(codes, lengths, item["wav"].numel(), settings, diffusion, backbone, item["level"])
+    encoded = _encoded_segments(items, backbone, frontend, device, args.batch_size, code, overlap)
+    return [ddcm_container(codes, lengths, item["wav"].numel(), settings, diffusion, backbone, item["level"], overlap=overlap)
             for item, (codes, lengths) in zip(items, encoded)]
 
 
 @_no_grad
-def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1, entropy: bool = True) -> list:
+def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1, entropy: bool = True,
+                  overlap: int = 0) -> list:
     """Codebook containers of some files."""
     from .codec import codebook_container
 
@@ -237,8 +241,8 @@ def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batc
         # One stage: [B, time, freq] as codebook_hard writes it; a ladder: [B, stages, time, freq].
         return quantizer.quantize_indices(mean) if stages == 1 else quantizer.residual_indices(mean, stages)
 
-    encoded = _encoded_segments(items, backbone, frontend, device, batch_size, code)
-    return [codebook_container(codes, lengths, item["wav"].numel(), quantizer, backbone, item["level"], entropy)
+    encoded = _encoded_segments(items, backbone, frontend, device, batch_size, code, overlap)
+    return [codebook_container(codes, lengths, item["wav"].numel(), quantizer, backbone, item["level"], entropy, overlap)
             for item, (codes, lengths) in zip(items, encoded)]
 
 
@@ -361,11 +365,15 @@ def build_parser(for_info: bool = False) -> argparse.ArgumentParser:
     from .ddcm_options import add_arguments as add_ddcm_arguments
 
     if for_info:
-        d = _NoDefaults()
+        d, overlap_default = _NoDefaults(), None
     else:
+        from .audio import DEFAULT_OVERLAP_SECONDS
         from .variants import VariantSettings
 
-        d = VariantSettings()
+        d, overlap_default = VariantSettings(), DEFAULT_OVERLAP_SECONDS
+    enc.add_argument("--overlap", type=float, default=overlap_default, metavar="SECONDS",
+                     help="seconds shared by consecutive 10.24 s windows, crossfaded on decoding (the file records it), a multiple "
+                          "of 0.04; 0 butts the windows as files without an overlap field (default: %(default)s)")
     g = enc.add_argument_group("ddcm")
     g.add_argument("--ddcm-steps", type=int, default=d.ddcm_steps, help="steps of the DDCM sampler, i.e. the bitstream's length (default: %(default)s)")
     g.add_argument("--ddcm-k", type=int, default=d.ddcm_k, help="noise codebook size per step, a power of two (default: %(default)s)")

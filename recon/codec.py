@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .audio import TAIL_FRAMES, length_chunks, segment_lengths
+from .audio import OVERLAP_QUANTUM_FRAMES, TAIL_FRAMES, crossfade_join, length_chunks, segment_lengths
 from .container import CODEC_FIELDS, Container
 from .codebook import PRIOR_PRECISION
 from .ddcm import NOISE_GENERATOR, coded_sizes, decompress
@@ -203,16 +203,21 @@ def layout_of(backbone) -> list[int]:
 
 
 def segments_of(container: Container) -> list[int]:
-    return segment_lengths(container.header["num_samples"], *container.header["layout"])
+    return segment_lengths(container.header["num_samples"], *container.header["layout"], container.get("overlap"))
+
+
+def _with_overlap(header: dict, overlap: int) -> dict:
+    # Written only when the windows overlap: a file of butted segments is byte for byte what it was.
+    return dict(header, overlap=int(overlap)) if overlap else header
 
 
 def codebook_container(codes: list[Tensor], segments: list[int], num_samples: int, quantizer, backbone, level: float = 1.0,
-                       entropy: bool = True) -> Container:
+                       entropy: bool = True, overlap: int = 0) -> Container:
     """A file of per-segment code indices ``codes[i]`` (``[time, freq]``, or ``[stages, time, freq]``
-    for a residual ladder) of segments ``segments[i]`` samples long; ``level`` restores the input's
-    loudness (the model sees peak-normalised audio)."""
+    for a residual ladder) of segments ``segments[i]`` samples long, consecutive ones sharing
+    ``overlap`` samples; ``level`` restores the input's loudness (the model sees peak-normalised audio)."""
     layout = layout_of(backbone)
-    if segment_lengths(num_samples, *layout) != list(segments):
+    if segment_lengths(num_samples, *layout, overlap) != list(segments):
         raise ValueError(f"segments {segments} are not recon's layout {layout} of {num_samples} samples")
     codes = [c if c.ndim == 3 else c[None] for c in codes]
     stages = codes[0].shape[0]
@@ -241,7 +246,7 @@ def codebook_container(codes: list[Tensor], segments: list[int], num_samples: in
         "coding": "fixed" if priors is None else "categorical",
         "stages": int(stages),
     }
-    return Container(header, payload)
+    return Container(_with_overlap(header, overlap), payload)
 
 
 def codebook_codes(container: Container, backbone, quantizer) -> list[Tensor]:
@@ -263,16 +268,17 @@ def codebook_codes(container: Container, backbone, quantizer) -> list[Tensor]:
 
 
 @torch.no_grad()
-def decode_segments(latents: list[Tensor], segments: list[int], num_samples: int, backbone, batch_size: int = 4) -> Tensor:
+def decode_segments(latents: list[Tensor], segments: list[int], num_samples: int, backbone, batch_size: int = 4, overlap: int = 0) -> Tensor:
     """Decode and vocode per-segment latents ``[8, time, freq]``; segments of equal length share a
-    forward pass (as in infer.py). Returns the waveform ``[num_samples]`` on the backbone's device."""
+    forward pass (as in infer.py), and overlapping ones are crossfaded as infer.py joins them
+    (recon.audio.crossfade_join). Returns the waveform ``[num_samples]`` on the backbone's device."""
     device = next(backbone.parameters()).device
     wav: list[Tensor | None] = [None] * len(latents)
     for chunk in length_chunks(segments, batch_size):
         z = torch.stack([latents[i] for i in chunk]).to(device)
         for i, w in zip(chunk, backbone.vocode(backbone.decode(z), segments[chunk[0]]).float()):
             wav[i] = w
-    return torch.cat(wav)[:num_samples]
+    return crossfade_join(wav, overlap, num_samples)
 
 
 def check_coding(container: Container, backbone, quantizer=None, path: str = "") -> None:
@@ -284,6 +290,9 @@ def check_coding(container: Container, backbone, quantizer=None, path: str = "")
         raise ModelMismatch(f"{where}file at {header['sample_rate']} Hz, model at {backbone.spec.sample_rate} Hz")
     if header["layout"] != layout_of(backbone):
         raise ModelMismatch(f"{where}file coded in segments {header['layout']}; the model's are {layout_of(backbone)}")
+    quantum = OVERLAP_QUANTUM_FRAMES * backbone.spec.hop_length
+    if container.get("overlap") % quantum or container.get("overlap") > header["layout"][0] // 2:
+        raise ModelMismatch(f"{where}windows overlap by {container.get('overlap')} samples; the model's overlaps are multiples of {quantum} up to half a segment")
     if container.codec == "codebook" and quantizer is not None and header["codes"] != quantizer.cfg.num_codes:
         raise ModelMismatch(f"{where}file coded with {header['codes']} codes; the codebook given has {quantizer.cfg.num_codes}")
 
@@ -323,7 +332,7 @@ def decode_container(container: Container, backbone, quantizer=None, diffusion=N
         latents = [quantizer.decode_residual(c[None].to(device))[0] for c in codebook_codes(container, backbone, quantizer)]
     else:
         latents = ddcm_latents(container, backbone, diffusion, batch_size)
-    return decode_segments(latents, segments, container.header["num_samples"], backbone, batch_size)
+    return decode_segments(latents, segments, container.header["num_samples"], backbone, batch_size, container.get("overlap"))
 
 
 # ---------------------------------------------------------------------- the DDCM codec
@@ -352,12 +361,12 @@ def conditioning_fingerprint(diffusion, prompt: str, guidance_scale: float) -> s
 
 
 def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, settings, diffusion, backbone, level: float = 1.0,
-                   layout: list[int] | None = None) -> Container:
+                   layout: list[int] | None = None, overlap: int = 0) -> Container:
     """A file of per-segment DDCM codes ``codes[i]`` (``[coded_steps]``, or ``[coded_steps, 2P - 1]``
     with noise mixing: recon.ddcm.compress); ``settings`` holds steps, K, seed, prompt, guidance and
     the DDCM options (recon.variants.VariantSettings)."""
     layout = layout or layout_of(backbone)
-    if segment_lengths(num_samples, *layout) != list(segments):
+    if segment_lengths(num_samples, *layout, overlap) != list(segments):
         raise ValueError(f"segments {segments} are not the layout {layout} of {num_samples} samples")
     steps, K, options = settings.ddcm_steps, settings.ddcm_k, settings.ddcm_options
     sizes = coded_sizes(diffusion.schedule, steps, K, options)
@@ -382,7 +391,7 @@ def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, s
     }
     if options.to_header():  # plain DDCM files carry no options object
         header["ddcm"] = options.to_header()
-    return Container(header, pack_codes([c.cpu().numpy() for c in codes], sizes, options))
+    return Container(_with_overlap(header, overlap), pack_codes([c.cpu().numpy() for c in codes], sizes, options))
 
 
 def ddcm_options_of(container: Container, diffusion) -> DDCMOptions:

@@ -9,7 +9,8 @@ The header is a JSON object with ``codec`` (``codebook`` or ``ddcm``; residual-V
 ``codebook`` files with ``stages`` > 1), ``sample_rate`` (the decoded rate), ``num_samples`` (the
 decoded length), ``layout`` (``[segment, quantum]``: the file is coded in segments of ``segment``
 samples, the last one zero-padded to a multiple of ``quantum``; see
-``recon.audio.segment_lengths``), ``level`` (the gain back to the input's loudness), ``model``
+``recon.audio.segment_lengths``), ``overlap`` (samples shared by consecutive segments, crossfaded
+when decoding; absent in older files: 0), ``level`` (the gain back to the input's loudness), ``model``
 (fingerprints of the weights decoding needs, compared before anything is decoded) and, since they
 exist, ``input_sample_rate`` / ``input_channels`` (the encoded file's own format; absent in older
 files: 16000 Hz, mono); codecs add their own parameters. JSON keeps the header readable (``recon
@@ -142,6 +143,9 @@ COMMON_FIELDS: dict[str, Field] = {
     "sample_rate": Field(integer(*SAMPLE_RATES)),
     "num_samples": Field(integer(1, lambda header: MAX_SECONDS * header["sample_rate"])),
     "layout": Field(_layout),
+    # Samples shared by consecutive windows, crossfaded on decoding (recon.audio.segment_lengths,
+    # crossfade_join); files written before windows overlapped have none: butted segments.
+    "overlap": Field(integer(0, lambda header: header["layout"][0] // 2), 0),
     "level": Field(number(0, 1e6, positive=True)),
     "model": Field(_fingerprints),
     "input_sample_rate": Field(integer(*SAMPLE_RATES), DEFAULT_INPUT_RATE),
@@ -169,13 +173,16 @@ CODEC_FIELDS: dict[str, dict[str, Field]] = {
 }
 
 
-def segment_count(num_samples: int, segment: int) -> int:
-    """Segments of a file (``len(recon.audio.segment_lengths(...))``, without building the list)."""
-    return max(1, -(-num_samples // segment))
+def segment_count(num_samples: int, segment: int, overlap: int = 0) -> int:
+    """Segments of a file (``len(recon.audio.segment_lengths(...))``, without building the list):
+    windows start every ``segment - overlap`` samples until one reaches the end."""
+    if num_samples <= segment:
+        return 1
+    return 1 + -(-(num_samples - segment) // (segment - overlap))
 
 
 def _ddcm_payload(header: dict, payload: bytes) -> str | None:
-    segments = segment_count(header["num_samples"], header["layout"][0])
+    segments = segment_count(header["num_samples"], header["layout"][0], header.get("overlap", 0))
     bits = header["K"].bit_length() - 1
     if header.get("ddcm") is not None:
         # Variable-length codes: which steps are coded follows from the model's schedule (checked

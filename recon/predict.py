@@ -2,7 +2,7 @@
 
 Each batch of files is cut into windows (:mod:`recon.windows`), each forward pass of equal-length
 windows is encoded once and every requested variant runs on it; a file's segments are stitched
-back to its length, the torch metrics are computed on the device, and the results go to the host
+back to its length (crossfaded where they overlap), the torch metrics are computed on the device, and the results go to the host
 as :class:`~recon.records.FileResult` records for the writer.
 
 An exception in one variant for one file becomes that pair's error and the rest goes on; a batch
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from . import metrics as M
+from .audio import crossfade_join
 from .compile import COMPILE_MODES, compile_networks
 from .outputs import describe_error
 from .precision import fp32_island
@@ -156,7 +157,7 @@ class VariantRunner(L.LightningModule):
     def _predict(self, batch: list[dict]) -> list[FileResult]:
         spec = self.backbone.spec
         ok = [item for item in batch if item["error"] is None]
-        windows = Windows([item["wav"] for item in ok], spec)
+        windows = Windows([item["wav"] for item in ok], spec, self.settings.overlap)
         owner = windows.owner  # segment -> position in ok
         keys = [f"{item['relpath']}#{i}" for f, item in enumerate(ok) for i in range(len(windows.of_file(f)))]
         outputs: dict[str, dict[int, SegmentOutput]] = {v.name: {} for v in self.variants}  # variant -> segment -> output
@@ -226,7 +227,7 @@ class VariantRunner(L.LightningModule):
 
     def _assemble(self, variant: Variant, parts: list[SegmentOutput], length: int, entry: VariantResult, level: float = 1.0) -> Tensor | None:
         """Stitch one file's segments, fill in the entry; None (with the reason) for non-finite audio."""
-        wav = torch.cat([p.wav for p in parts]).float()[:length]
+        wav = crossfade_join([p.wav.float() for p in parts], self.settings.overlap, length)
         if not torch.isfinite(wav).all():
             entry.error = "produced non-finite audio (NaN or inf); nothing written"
             return None

@@ -109,6 +109,7 @@ class VariantSettings:
     ddcm_turbo: int = 0
     rvq_stages: int = 1  # codebook_rvq: how many residual stages code each vector
     opus_kbps: float = 6.0  # opus baseline: the target rate given to libsndfile's encoder (6 is its lowest)
+    overlap: int = 0  # samples shared by consecutive windows of a file, crossfaded (recon.audio.crossfade_join)
 
     @property
     def ddcm_options(self) -> DDCMOptions:
@@ -357,7 +358,7 @@ def pack_codebook(codes: list[Tensor], segments: list[int], num_samples: int, le
     from .container import dumps
 
     quantizer = models.require_quantizer("codebook_hard")
-    container = codebook_container(codes, segments, num_samples, quantizer, models.backbone, level)
+    container = codebook_container(codes, segments, num_samples, quantizer, models.backbone, level, overlap=settings.overlap)
     return dumps(container)
 
 
@@ -534,7 +535,7 @@ def pack_ddcm(codes: list[Tensor], segments: list[int], num_samples: int, level:
     from .container import dumps
 
     diffusion = models.require_diffusion("ddcm_noise")
-    return dumps(ddcm_container(codes, segments, num_samples, settings, diffusion, models.backbone, level))
+    return dumps(ddcm_container(codes, segments, num_samples, settings, diffusion, models.backbone, level, overlap=settings.overlap))
 
 
 @register(

@@ -1,6 +1,8 @@
 """Windows: files cut into the segments the networks see, grouped by length, and encoded.
 
-A file is cut into full 10.24 s segments and a shorter last one (:func:`recon.audio.split_file`).
+A file is cut into full 10.24 s segments and a shorter last one (:func:`recon.audio.split_file`);
+consecutive segments may overlap, and their outputs are then crossfaded back into one signal
+(:func:`recon.audio.crossfade_join`).
 Segments of equal length from any file share a forward pass (:func:`recon.audio.length_chunks`).
 :func:`encode_windows` is the one call from waveform to VAE posterior: the variant runner, the
 codec's encoder and the latent cache all encode through it.
@@ -26,11 +28,13 @@ class Windows:
     """The segments of several files, flat, with the file each belongs to.
 
     ``segments[s]`` is segment ``s``; ``owner[s]`` the position of its file in the list given;
-    ``of_file(f)`` the positions of file ``f``'s segments, in order.
+    ``of_file(f)`` the positions of file ``f``'s segments, in order; consecutive segments of a file
+    share ``overlap`` samples.
     """
 
-    def __init__(self, wavs: list[Tensor], spec: AudioSpec = AudioSpec()):
-        per_file = [split_file(wav, spec) for wav in wavs]
+    def __init__(self, wavs: list[Tensor], spec: AudioSpec = AudioSpec(), overlap: int = 0):
+        self.overlap = overlap
+        per_file = [split_file(wav, spec, overlap=overlap) for wav in wavs]
         self.segments: list[Tensor] = [s for parts in per_file for s in parts]
         self.owner: list[int] = [f for f, parts in enumerate(per_file) for _ in parts]
         self._starts = [0]
