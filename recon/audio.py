@@ -188,6 +188,24 @@ def load_audio(
     return _to_mono_16k(data, sr, spec, mixdown, path)
 
 
+def source_format(path: str | Path) -> dict[str, int]:
+    """The file's own sample rate and channel count as codec headers record them
+    (``input_sample_rate``, ``input_channels``), read from its header without decoding the audio;
+    empty when neither soundfile nor audioread (librosa's fallback, for m4a and the like) can say."""
+    try:
+        info = sf.info(str(path))
+        rate, channels = info.samplerate, info.channels
+    except Exception:  # a container soundfile does not know
+        try:
+            import audioread
+
+            with audioread.audio_open(str(path)) as f:
+                rate, channels = f.samplerate, f.channels
+        except Exception:
+            return {}
+    return {"input_sample_rate": int(rate), "input_channels": int(channels)}
+
+
 def load_waveform(path: str | Path, spec: AudioSpec = AudioSpec(), *, mixdown: Mixdown = "mean", offset: float = 0.0) -> Tensor:
     """Load one model-ready segment ``[1, spec.num_samples]`` starting at ``offset`` seconds."""
     raw = load_audio(path, spec, mixdown=mixdown, offset=offset, duration=spec.duration)

@@ -172,21 +172,12 @@ def encode(args) -> int:
 def with_input_format(container: Container, path: str) -> Container:
     """``container`` with the encoded file's own sample rate and channel count in its header (what
     ``recon decode --sample-rate original`` restores), when the file's header says them."""
-    import soundfile as sf
+    from .audio import source_format
 
-    try:
-        info = sf.info(path)
-        rate, channels = info.samplerate, info.channels
-    except Exception:  # a container soundfile does not know (m4a, ...): audioread, as librosa reads it
-        try:
-            import audioread
-
-            with audioread.audio_open(path) as f:
-                rate, channels = f.samplerate, f.channels
-        except Exception:
-            log.warning("%s: its sample rate and channel count are unknown; the file records 16000 Hz mono", path)
-            return container
-    return Container(dict(container.header, input_sample_rate=int(rate), input_channels=int(channels)), container.payload)
+    found = source_format(path)
+    if not found:
+        log.warning("%s: its sample rate and channel count are unknown; the file records 16000 Hz mono", path)
+    return Container(dict(container.header, **found), container.payload)
 
 
 def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size: int, code, overlap: int = 0) -> list[tuple[list, list[int]]]:

@@ -206,13 +206,15 @@ def segments_of(container: Container) -> list[int]:
     return segment_lengths(container.header["num_samples"], *container.header["layout"], container.get("overlap"))
 
 
-def _with_overlap(header: dict, overlap: int) -> dict:
+def _with_overlap(header: dict, overlap: int, source: dict | None = None) -> dict:
     # Written only when the windows overlap: a file of butted segments is byte for byte what it was.
+    # ``source``: the input's own format (recon.audio.source_format), for decode --sample-rate original.
+    header = dict(header, **(source or {}))
     return dict(header, overlap=int(overlap)) if overlap else header
 
 
 def codebook_container(codes: list[Tensor], segments: list[int], num_samples: int, quantizer, backbone, level: float = 1.0,
-                       entropy: bool = True, overlap: int = 0) -> Container:
+                       entropy: bool = True, overlap: int = 0, source: dict | None = None) -> Container:
     """A file of per-segment code indices ``codes[i]`` (``[time, freq]``, or ``[stages, time, freq]``
     for a residual ladder) of segments ``segments[i]`` samples long, consecutive ones sharing
     ``overlap`` samples; ``level`` restores the input's loudness (the model sees peak-normalised audio)."""
@@ -246,7 +248,7 @@ def codebook_container(codes: list[Tensor], segments: list[int], num_samples: in
         "coding": "fixed" if priors is None else "categorical",
         "stages": int(stages),
     }
-    return Container(_with_overlap(header, overlap), payload)
+    return Container(_with_overlap(header, overlap, source), payload)
 
 
 def codebook_codes(container: Container, backbone, quantizer) -> list[Tensor]:
@@ -361,7 +363,7 @@ def conditioning_fingerprint(diffusion, prompt: str, guidance_scale: float) -> s
 
 
 def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, settings, diffusion, backbone, level: float = 1.0,
-                   layout: list[int] | None = None, overlap: int = 0) -> Container:
+                   layout: list[int] | None = None, overlap: int = 0, source: dict | None = None) -> Container:
     """A file of per-segment DDCM codes ``codes[i]`` (``[coded_steps]``, or ``[coded_steps, 2P - 1]``
     with noise mixing: recon.ddcm.compress); ``settings`` holds steps, K, seed, prompt, guidance and
     the DDCM options (recon.variants.VariantSettings)."""
@@ -391,7 +393,7 @@ def ddcm_container(codes: list[Tensor], segments: list[int], num_samples: int, s
     }
     if options.to_header():  # plain DDCM files carry no options object
         header["ddcm"] = options.to_header()
-    return Container(_with_overlap(header, overlap), pack_codes([c.cpu().numpy() for c in codes], sizes, options))
+    return Container(_with_overlap(header, overlap, source), pack_codes([c.cpu().numpy() for c in codes], sizes, options))
 
 
 def ddcm_options_of(container: Container, diffusion) -> DDCMOptions:

@@ -14,7 +14,7 @@ import soundfile as sf
 from torch.utils.data import Dataset, Sampler
 
 from . import distributed
-from .audio import AudioLoadError, AudioSpec, load_audio, normalisation_gain, normalise
+from .audio import AudioLoadError, AudioSpec, load_audio, normalisation_gain, normalise, source_format
 from .folders import AUDIO_EXTENSIONS, LIST_SUFFIXES, find_audio_files, find_files, read_list  # noqa: F401 (re-exported)
 from .outputs import describe_error
 
@@ -57,6 +57,7 @@ class InferenceFiles(Dataset):
                 raise AudioLoadError(path, f"too short: {wav.numel() / self.spec.sample_rate:.3f} s < {MIN_SECONDS} s")
             item["wav"] = normalise(wav)
             item["level"] = normalisation_gain(wav)
+            item["source_format"] = source_format(path)  # recorded in the file's codec headers
         except AudioLoadError as err:
             # Reported in errors.csv and on stderr by the writer; the other files go on.
             item["error"] = err.reason

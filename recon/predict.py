@@ -211,7 +211,8 @@ class VariantRunner(L.LightningModule):
                     entry.error = failed[(f, name)]
                     continue
                 try:
-                    wav = self._assemble(variant, [outputs[name][s] for s in members], item["wav"].numel(), entry, item.get("level", 1.0))
+                    wav = self._assemble(variant, [outputs[name][s] for s in members], item["wav"].numel(), entry, item.get("level", 1.0),
+                                         item.get("source_format"))
                 except Exception as err:  # stitching or packing this file's output
                     self._log_first(f"{name} output", err)
                     entry.error = describe_error(err)
@@ -225,7 +226,8 @@ class VariantRunner(L.LightningModule):
         self.stage_seconds["assemble"] += time.perf_counter() - t0 - metrics_seconds
         return [results[item["index"]] for item in batch]
 
-    def _assemble(self, variant: Variant, parts: list[SegmentOutput], length: int, entry: VariantResult, level: float = 1.0) -> Tensor | None:
+    def _assemble(self, variant: Variant, parts: list[SegmentOutput], length: int, entry: VariantResult, level: float = 1.0,
+                  source: dict | None = None) -> Tensor | None:
         """Stitch one file's segments, fill in the entry; None (with the reason) for non-finite audio."""
         wav = crossfade_join([p.wav.float() for p in parts], self.settings.overlap, length)
         if not torch.isfinite(wav).all():
@@ -235,7 +237,8 @@ class VariantRunner(L.LightningModule):
         entry.latent_snr_db = statistics.fmean(snr) if snr else None
         entry.notes = sorted({n for p in parts for n in p.notes})
         if variant.pack_codes is not None and all(p.codes is not None for p in parts):
-            entry.bitstream = variant.pack_codes([p.codes for p in parts], [p.wav.shape[-1] for p in parts], length, level, variant.settings(self.settings), self.models)
+            entry.bitstream = variant.pack_codes([p.codes for p in parts], [p.wav.shape[-1] for p in parts], length, level, variant.settings(self.settings), self.models,
+                                                source=source)
         return wav
 
     def _file_metrics(self, reference: Tensor, stitched: dict[str, Tensor], result: FileResult) -> float:

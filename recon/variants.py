@@ -144,7 +144,8 @@ class Variant:
     uses_latent: bool = True
     # Codec variants: (one file's per-segment codes, segment lengths in samples, the file's length,
     # the gain that restores its level, settings, models) -> the bytes of its file, and its suffix.
-    pack_codes: Callable[[list[Tensor], list[int], int, float, "VariantSettings", "Models"], bytes] | None = None
+    # (codes, segment lengths, samples, level, settings, models, source=the input's format) -> the file's bytes
+    pack_codes: Callable[..., bytes] | None = None
     codes_suffix: str = ""
     # The settings a sweep point fixes (``codebook_sdedit@0.2`` has refine_strength=0.2): see sweep().
     overrides: tuple[tuple[str, object], ...] = ()
@@ -352,13 +353,14 @@ def ddcm_bitrate_bps(settings: VariantSettings) -> float:
     return settings.ddcm_bitrate_bps
 
 
-def pack_codebook(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models) -> bytes:
+def pack_codebook(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models,
+                  source: dict | None = None) -> bytes:
     """One recon container per file (recon.codec): what ``recon decode`` reads."""
     from .codec import codebook_container
     from .container import dumps
 
     quantizer = models.require_quantizer("codebook_hard")
-    container = codebook_container(codes, segments, num_samples, quantizer, models.backbone, level, overlap=settings.overlap)
+    container = codebook_container(codes, segments, num_samples, quantizer, models.backbone, level, overlap=settings.overlap, source=source)
     return dumps(container)
 
 
@@ -449,7 +451,8 @@ def opus_bitrate_bps(settings: VariantSettings) -> float:
     return settings.opus_kbps * 1000.0
 
 
-def pack_opus(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models) -> bytes:
+def pack_opus(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models,
+              source: dict | None = None) -> bytes:
     """The file's segments' Ogg Opus streams, chained in order (RFC 3533 allows a chain): the bytes
     the decoded audio came from, so its measured rate counts every segment's headers."""
     return b"".join(_unpad_bytes(c) for c in codes)
@@ -529,13 +532,15 @@ def logmel_error(backbone, target_logmel: Tensor, scale: float):
     return error
 
 
-def pack_ddcm(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models) -> bytes:
+def pack_ddcm(codes: list[Tensor], segments: list[int], num_samples: int, level: float, settings: VariantSettings, models: Models,
+              source: dict | None = None) -> bytes:
     """One recon container per file (recon.codec, codec ddcm): what ``recon decode`` reads."""
     from .codec import ddcm_container
     from .container import dumps
 
     diffusion = models.require_diffusion("ddcm_noise")
-    return dumps(ddcm_container(codes, segments, num_samples, settings, diffusion, models.backbone, level, overlap=settings.overlap))
+    return dumps(ddcm_container(codes, segments, num_samples, settings, diffusion, models.backbone, level, overlap=settings.overlap,
+                                source=source))
 
 
 @register(

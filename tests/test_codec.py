@@ -31,10 +31,9 @@ HEADER = {"codec": "codebook", "sample_rate": 16000, "num_samples": 10, "layout"
 INPUT_FORMAT = ("input_sample_rate", "input_channels")
 
 
-def same_but_input_format(ours, theirs) -> bool:
-    """``recon encode`` records the input's format; infer.py's files (same payload) do not."""
-    strip = lambda c: Container({k: v for k, v in c.header.items() if k not in INPUT_FORMAT}, c.payload)  # noqa: E731
-    return strip(ours) == theirs and (ours.header["input_sample_rate"], ours.header["input_channels"]) == (16000, 1)
+def same_file_of_a_16k_mono_input(ours, theirs) -> bool:
+    """``recon encode`` and infer.py write the same file, the input's own format included."""
+    return ours == theirs and (ours.header["input_sample_rate"], ours.header["input_channels"]) == (16000, 1)
 
 
 @pytest.mark.parametrize("bits", [1, 3, 8, 10, 12])
@@ -137,7 +136,7 @@ def test_encode_then_decode_on_the_command_line(infer_run, inputs, tmp_path, cap
     assert cli.main(["encode", str(inputs), "--ckpt", str(DEMO_CKPT), "--out", str(coded), "--device", "cpu", "--quiet"]) == 0
     for rel in ("short.recn", "nested/long.recn"):
         ours, theirs = loads((coded / rel).read_bytes()), loads((infer_run / "codebook_hard" / rel).read_bytes())
-        assert same_but_input_format(ours, theirs)
+        assert same_file_of_a_16k_mono_input(ours, theirs)
     assert cli.main(["decode", str(coded), "--ckpt", str(DEMO_CKPT), "--out", str(decoded), "--device", "cpu", "--quiet"]) == 0
     for rel in ("short", "nested/long"):
         wav, _ = sf.read(str(decoded / f"{rel}.wav"), dtype="float32")
@@ -230,7 +229,7 @@ def test_residual_ladder_in_infer_and_on_the_command_line(inputs, ladder_ckpt, t
     assert cli.main(["decode", str(coded), "--ckpt", str(ladder_ckpt), "--out", str(decoded), "--device", "cpu", "--quiet", "--normalised"]) == 0
     for rel in ("short", "nested/long"):
         ours, theirs = loads((coded / f"{rel}.recn").read_bytes()), loads((out / "codebook_rvq@2" / f"{rel}.recn").read_bytes())
-        assert same_but_input_format(ours, theirs) and ours.header["stages"] == 2 and ours.header["model"]["codebook"] != loads(
+        assert same_file_of_a_16k_mono_input(ours, theirs) and ours.header["stages"] == 2 and ours.header["model"]["codebook"] != loads(
             (out / "codebook_hard" / f"{rel}.recn").read_bytes()).header["model"]["codebook"]
         wav, _ = sf.read(str(decoded / f"{rel}.wav"), dtype="float32")
         reference, _ = sf.read(str(out / "codebook_rvq@2" / f"{rel}.wav"), dtype="float32")
@@ -310,7 +309,7 @@ def test_ddcm_files_from_infer_and_the_command_line_decode_on_their_own(inputs, 
     rows = {r["file"]: r for r in read_rows(out)}
     for rel in ("short", "nested/long"):
         ours, theirs = loads((coded / f"{rel}.recn").read_bytes()), loads((out / "ddcm_noise" / f"{rel}.recn").read_bytes())
-        assert same_but_input_format(ours, theirs) and ours.header["noise"] == "recon-counter-v1" and (ours.header["steps"], ours.header["K"]) == (6, 64)
+        assert same_file_of_a_16k_mono_input(ours, theirs) and ours.header["noise"] == "recon-counter-v1" and (ours.header["steps"], ours.header["K"]) == (6, 64)
         segments = codec.segments_of(ours)
         assert len(ours.payload) == -(-len(segments) * 5 * 6 // 8)
         assert float(rows[f"{rel}.wav"]["measured_bps"]) == pytest.approx((out / "ddcm_noise" / f"{rel}.recn").stat().st_size * 8
@@ -448,6 +447,11 @@ def test_decoded_files_keep_the_inputs_rate_in_the_format_asked(tmp_path, capsys
     assert cli.main(["encode", str(source), "--out", str(coded), *common]) == 0
     new = loads((coded / "stereo.recn").read_bytes())
     assert (new.header["input_sample_rate"], new.header["input_channels"]) == (44100, 2)
+    # infer.py's codec files record the input's format too: the same file as recon encode's.
+    out = tmp_path / "infer"
+    assert infer.main(["--ckpt", str(DEMO_CKPT), "--input", str(source), "--output", str(out), "--variants", "codebook_hard",
+                       "--wandb", "off", "--no-perceptual", "--accelerator", "cpu"]) == 0
+    assert loads((out / "codebook_hard" / "stereo.recn").read_bytes()) == new
     # A file written before recon recorded the input's format decodes at 16 kHz.
     legacy = {k: v for k, v in new.header.items() if k not in INPUT_FORMAT}
     (coded / "legacy.recn").write_bytes(dumps(Container(legacy, new.payload)))
