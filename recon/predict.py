@@ -68,6 +68,9 @@ class VariantRunner(L.LightningModule):
         self.variants = variants
         self.settings = settings
         self.segment_batch = segment_batch
+        # A resumed run may leave fewer batches than ranks; a rank without a batch still finishes
+        # its journal (ResultWriter.teardown), so Lightning must not refuse its empty loader.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         self.compile_mode, self.compile_backend = compile_mode, compile_backend

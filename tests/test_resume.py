@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,21 @@ def test_a_killed_ddp_run_resumes_to_the_same_metrics(corpus, killed, uninterrup
     out, done = killed["ddp"]
     assert infer.main(["--input", str(corpus), "--output", str(out), *ARGS, "--devices", "2", "--strategy", "ddp_spawn", "--resume"]) == 0
     check_resumed(out, done, uninterrupted)
+
+
+def test_a_ddp_resume_with_fewer_batches_than_ranks_finishes(corpus, whole_run, uninterrupted, tmp_path):
+    """One file left to do on two ranks: one rank has no batch, and the run still ends with every row."""
+    out = tmp_path / "out"
+    shutil.copytree(whole_run, out)
+    for path in (out / JOURNAL).glob("*.jsonl"):
+        kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["file"] != "f3.wav"]
+        path.write_text("".join(kept))
+    (out / "metrics.csv").unlink()
+    before = committed(out)
+    assert infer.main(["--input", str(corpus), "--output", str(out), *ARGS, "--devices", "2", "--strategy", "ddp_spawn", "--resume"]) == 0
+    assert table(out) == uninterrupted
+    new = {attempt: files for attempt, files in committed(out).items() if attempt not in before}
+    assert list(new.values()) == [{"f3.wav"}]
 
 
 def test_resume_refuses_other_settings_or_weights_in_one_line(corpus, tmp_path, capsys):
