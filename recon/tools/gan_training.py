@@ -110,7 +110,7 @@ def train_gan(vocoder, sampler, front_end: MelFrontEnd, recipe, device: torch.de
     step, sessions, seconds = 0, 1, 0.0
     tails: dict[str, list[float]] = {"mel_l1": [], "discriminator": [], "adversarial": []}
     if resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)  # RNG states must be CPU tensors; load_state_dict moves the rest
         changed = sorted(k for k, v in _checked_recipe(recipe).items() if state["recipe"].get(k) != v)
         if changed:
             raise ValueError(f"--resume: the recipe differs from the saved round's in {', '.join(changed)}")
