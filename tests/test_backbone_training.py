@@ -152,3 +152,79 @@ def test_python_m_recon_backbone_runs_the_tooling_command_line(tmp_path, monkeyp
     runpy.run_module("recon.backbone", run_name="__main__")
     assert describe_weights(str(tmp_path / "tiny")) == "random"
     assert FrozenAudioLDM2.from_source(str(tmp_path / "tiny")).latent_channels == 8
+
+
+GAN_STEPS = SmallRecipe(gan_steps=5, gan_batch=2, gan_frames=16, checkpoint_every=5)
+
+
+def _weights(path: Path, part: str) -> dict[str, torch.Tensor]:
+    backbone = FrozenAudioLDM2.from_source(str(path))
+    return getattr(backbone, part).state_dict()
+
+
+def test_an_interrupted_adversarial_round_resumes_to_the_weights_of_an_uninterrupted_one(trained, tones, tmp_path, monkeypatch):
+    """3 steps, SIGTERM, then 2 resumed steps == 5 steps in one go: what makes a 3-hour run safe to stop."""
+    import dataclasses
+    import os
+    import signal
+
+    from recon.tools.backbone_training import CropSampler
+    from recon.tools.gan_training import STATE_FILE, TrainingInterrupted
+
+    straight = train_small(tones, tmp_path / "straight", GAN_STEPS, "cpu", init=trained, stages=("gan",))
+
+    saved_steps = []  # the step of the saved state seen before each crop is drawn
+    sample = CropSampler.sample
+
+    def sample_then_stop_at_the_third(self, *args):
+        state = tmp_path / "resumed" / STATE_FILE
+        saved_steps.append(torch.load(state, weights_only=True)["step"] if state.exists() else None)
+        if len(saved_steps) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step: the step finishes, then the state is saved
+        return sample(self, *args)
+
+    monkeypatch.setattr(CropSampler, "sample", sample_then_stop_at_the_third)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_small(tones, tmp_path / "resumed", dataclasses.replace(GAN_STEPS, checkpoint_every=2), "cpu", init=trained, stages=("gan",))
+    assert stopped.value.step == 3 and stopped.value.signum == signal.SIGTERM
+    assert saved_steps == [None, None, 2]  # every checkpoint_every steps: a kill -9 loses at most 2 here
+    first_session = torch.load(tmp_path / "resumed" / STATE_FILE, weights_only=True)
+    assert first_session["step"] == 3 and not (tmp_path / "resumed" / "vocoder").exists()
+    monkeypatch.setattr(CropSampler, "sample", sample)
+
+    resumed = train_small(tones, tmp_path / "resumed", GAN_STEPS, "cpu", init=trained, stages=("gan",), resume=True)
+    end_straight = torch.load(straight / STATE_FILE, weights_only=True)
+    end_resumed = torch.load(resumed / STATE_FILE, weights_only=True)
+    for model in ("generator", "discriminator"):
+        for name, value in end_straight[model].items():
+            torch.testing.assert_close(end_resumed[model][name], value, rtol=0, atol=1e-6, msg=f"{model}.{name}")
+    saved = _weights(resumed, "vocoder")
+    torch.testing.assert_close(saved, _weights(straight, "vocoder"), rtol=0, atol=1e-6)
+    # Both models trained: the generator moved from the saved backbone, the discriminator between sessions.
+    start = _weights(trained, "vocoder")
+    assert not all(torch.equal(start[k], v) for k, v in saved.items())
+    assert not all(torch.equal(first_session["discriminator"][k], v) for k, v in end_resumed["discriminator"].items())
+    # The VAE and its scaling are the saved backbone's, untouched.
+    assert all(torch.equal(a, b) for a, b in zip(_weights(trained, "vae").values(), _weights(resumed, "vae").values()))
+    record = json.loads((resumed / "recon_backbone.json").read_text())
+    assert record["stages"] == ["gan"] and record["gan_steps_done"] == 5 and record["gan_sessions"] == 2
+    assert record["history"][-1]["stages"] == ["vae", "vocoder"]
+    assert record["scaling_factor"] == json.loads((trained / "recon_backbone.json").read_text())["scaling_factor"]
+
+
+def test_an_adversarial_round_is_never_overwritten_or_resumed_from_nothing(trained, tones, tmp_path, capsys):
+    from recon.tools.gan_training import STATE_FILE
+
+    args = ["train-small", "--data", str(tones), "--init", str(trained), "--stages", "gan", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        backbone_main([*args, "--out", str(tmp_path / "empty"), "--resume"])
+    assert exit_info.value.code == 1 and "no gan_state.pt" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / STATE_FILE).write_bytes(b"a round in progress")
+    with pytest.raises(SystemExit) as exit_info:
+        backbone_main([*args, "--out", str(tmp_path / "busy")])
+    assert exit_info.value.code == 1 and "--resume" in capsys.readouterr().err
+    assert (tmp_path / "busy" / STATE_FILE).read_bytes() == b"a round in progress"
+    with pytest.raises(SystemExit) as exit_info:
+        backbone_main([*args[:-4], "--stages", "vocoder", "--out", str(tmp_path / "x"), "--resume"])
+    assert exit_info.value.code == 2 and "--resume" in capsys.readouterr().err

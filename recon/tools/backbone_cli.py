@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..backbone import HUB_ID, RANDOM_CONFIGS, FrozenAudioLDM2, count_parameters, make_backbone_folder
-from .backbone_training import SmallRecipe, train_small
+from .backbone_training import STAGES, SmallRecipe, train_small
+from .gan_training import TrainingInterrupted
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,17 +34,37 @@ def main(argv: list[str] | None = None) -> None:
     small.add_argument("--vocoder-steps", type=int, default=SmallRecipe.vocoder_steps, help="vocoder optimiser steps (default: %(default)s)")
     small.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the crops (default: %(default)s)")
     small.add_argument("--init", help="start from this saved backbone folder instead of random weights")
-    small.add_argument("--stages", default="vae,vocoder", help="what trains: vae, vocoder or both (default: %(default)s); "
-                       "'--init DIR --stages vocoder' continues DIR's vocoder and keeps its VAE")
+    small.add_argument("--stages", default="vae,vocoder", help="what trains, in order: vae, vocoder, gan, comma-separated (default: %(default)s); "
+                       "'--init DIR --stages vocoder' continues DIR's vocoder and keeps its VAE; "
+                       "'--init DIR --stages gan' continues it adversarially (multi-period + multi-resolution STFT discriminators)")
+    small.add_argument("--gan-steps", type=int, default=SmallRecipe.gan_steps,
+                       help="total steps of the adversarial round, counting those of resumed sessions (default: %(default)s)")
+    small.add_argument("--checkpoint-every", type=int, default=SmallRecipe.checkpoint_every,
+                       help="steps between the round's saved states in --out/gan_state.pt, also written at the end and on "
+                       "SIGTERM/SIGINT: what a kill -9 can lose at most (default: %(default)s)")
+    small.add_argument("--resume", action="store_true", help="continue the adversarial round saved in --out/gan_state.pt "
+                       "(same --data, --init and --seed; --gan-steps may grow)")
     info = sub.add_parser("info", help="load a backbone source and print its shapes and parameter counts")
     info.add_argument("source", nargs="?", default=HUB_ID)
     args = parser.parse_args(argv)
     if args.command == "train-small":
-        recipe = SmallRecipe(vae_steps=args.vae_steps, vocoder_steps=args.vocoder_steps, seed=args.seed)
+        recipe = SmallRecipe(vae_steps=args.vae_steps, vocoder_steps=args.vocoder_steps, gan_steps=args.gan_steps,
+                             checkpoint_every=args.checkpoint_every, seed=args.seed)
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-        if not stages or set(stages) - {"vae", "vocoder"}:
-            parser.error(f"--stages takes vae, vocoder or both, not {args.stages!r}")
-        out = train_small(args.data, args.out, recipe, args.device, init=args.init, stages=stages)
+        if not stages or set(stages) - set(STAGES):
+            parser.error(f"--stages takes vae, vocoder, gan or several, not {args.stages!r}")
+        stages = tuple(s for s in STAGES if s in stages)
+        if args.resume and stages != ("gan",):
+            parser.error("--resume continues the adversarial round only: use it with --stages gan")
+        if args.checkpoint_every < 1:
+            parser.error("--checkpoint-every must be at least 1")
+        try:
+            out = train_small(args.data, args.out, recipe, args.device, init=args.init, stages=stages, resume=args.resume)
+        except TrainingInterrupted as stopped:
+            print(stopped, file=sys.stderr)
+            sys.exit(128 + stopped.signum)
+        except (FileExistsError, FileNotFoundError, ValueError) as error:
+            parser.exit(1, f"train-small: {error}\n")
         print(f"wrote the trained small backbone to {out}")
     elif args.command == "make":
         out = make_backbone_folder(args.size, args.out, args.seed)
