@@ -300,6 +300,40 @@ def crossfade_join(parts: list[Tensor], overlap: int, length: int) -> Tensor:
     return out[:length]
 
 
+class CrossfadeStream:
+    """:func:`crossfade_join` one window at a time, for outputs too long to hold: :meth:`push`
+    takes the windows in order and returns the samples that are final so far (all but the last
+    ``overlap``, which the next window fades into); :meth:`finish` returns the rest, up to
+    ``length`` samples in all. The concatenated returns equal ``crossfade_join(windows, overlap,
+    length)`` exactly (the same ``torch.lerp`` on the same values)."""
+
+    def __init__(self, overlap: int, length: int):
+        self.overlap, self.length = overlap, length
+        self._tail: Tensor | None = None  # the last window's outgoing overlap, not yet final
+        self._emitted = 0
+
+    def _emit(self, samples: Tensor) -> Tensor:
+        samples = samples[: max(self.length - self._emitted, 0)]
+        self._emitted += samples.shape[-1]
+        return samples
+
+    def push(self, window: Tensor) -> Tensor:
+        if self._tail is not None:
+            if self._tail.shape[-1] < self.overlap or window.shape[-1] <= self.overlap:
+                raise ValueError(f"windows of {self._tail.shape[-1]} and {window.shape[-1]} samples cannot share an overlap of {self.overlap}")
+            head = torch.lerp(self._tail, window[: self.overlap], crossfade_weights(self.overlap, window.device).to(window.dtype))
+            window = torch.cat([head, window[self.overlap :]])
+        keep = max(window.shape[-1] - self.overlap, 0)  # a lone short window is all tail
+        self._tail = window[keep:] if self.overlap else window[:0]
+        return self._emit(window[:keep])
+
+    def finish(self) -> Tensor:
+        if self._tail is None:
+            raise ValueError("no window was pushed")
+        tail, self._tail = self._tail, None
+        return self._emit(tail)
+
+
 def length_chunks(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices of segments grouped into forward passes: equal lengths only, at most ``batch_size``
     each, longest first, in input order within a length."""

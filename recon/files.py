@@ -52,6 +52,57 @@ def write_wav(path: Path, wav: np.ndarray, sample_rate: int, subtype: str = "FLO
     write_bytes(path, buffer.getvalue())
 
 
+class WavStream:
+    """A mono WAV written block by block (for outputs too long to hold), as atomically as
+    :func:`write_wav`: the blocks go to a hidden temporary file in the target's folder, which
+    :meth:`commit` renames over the target and :meth:`discard` (or leaving a ``with`` block by an
+    exception) removes, so a run that fails half-way leaves no partial file.
+
+    Float32 WAV unless told another ``subtype``; past 4 GiB of samples (about 4.6 hours of 16 kHz
+    float32) libsndfile's WAV header cannot say the size, so such outputs need ``format="RF64"``.
+    """
+
+    def __init__(self, path: Path, sample_rate: int, subtype: str = "FLOAT", format: str = "WAV"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        try:
+            self._file = sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype=subtype, format=format)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        self.frames = 0
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32)
+        self._file.write(block)
+        self.frames += block.shape[0]
+
+    def commit(self) -> Path:
+        self._file.close()
+        try:
+            os.chmod(self.tmp, 0o666 & ~_UMASK)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "WavStream":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self.discard()
+
+
 def write_npy(path: Path, array: np.ndarray) -> None:
     _write_atomic(path, "wb", lambda f: np.save(f, array))
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from recon import codec
-from recon.audio import (AudioSpec, MelFrontEnd, crossfade_join, crossfade_weights, overlap_samples, segment_lengths, split_file)
+from recon.files import WavStream
+from recon.audio import (AudioSpec, CrossfadeStream, MelFrontEnd, crossfade_join, crossfade_weights, overlap_samples, segment_lengths, split_file)
 from recon.container import Container, ContainerError, dumps, loads, segment_count
 from recon.inputs import collate_files
 from recon.lit import load_inference_codebook
@@ -49,6 +51,36 @@ def test_windows_that_agree_rebuild_any_signal_exactly(seconds):
         assert torch.equal(crossfade_join(parts, overlap, wav.numel()), wav)
     assert torch.equal(crossfade_join([torch.full_like(p, 0.3) for p in split_file(wav, SPEC, overlap=OVERLAP)], OVERLAP, wav.numel()),
                        torch.full_like(wav, 0.3))
+
+
+@pytest.mark.parametrize("seconds", [1.0, 10.24, 20.2, 33.3])
+def test_a_streamed_crossfade_equals_the_whole_join(seconds):
+    """Windows pushed one at a time give, concatenated, exactly crossfade_join's signal."""
+    length = int(seconds * SPEC.sample_rate)
+    for overlap in (0, 640, OVERLAP, SPEC.num_samples // 2):
+        lengths = segment_lengths(length, SPEC.num_samples, 20480, overlap)
+        g = torch.Generator().manual_seed(len(lengths))
+        windows = [torch.randn(n, generator=g) for n in lengths]  # windows that disagree, as a model's do
+        stream = CrossfadeStream(overlap, length)
+        pieces = [stream.push(w) for w in windows]
+        assert all(p.numel() <= w.numel() for p, w in zip(pieces, windows))  # never more than one window at a time
+        assert torch.equal(torch.cat([*pieces, stream.finish()]), crossfade_join(windows, overlap, length))
+
+
+def test_a_wav_stream_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out" / "a.wav"
+    blocks = [np.full(1000, 0.25, np.float32), np.linspace(-1, 1, 333, dtype=np.float32)]
+    stream = WavStream(target, 16000)
+    for block in blocks:
+        stream.write(block)
+    assert not target.exists() and stream.tmp.name.startswith(".a.wav.")  # hidden until committed
+    stream.commit()
+    assert np.array_equal(sf.read(target, dtype="float32")[0], np.concatenate(blocks)) and sf.info(target).subtype == "FLOAT"
+    with pytest.raises(RuntimeError):
+        with WavStream(target, 16000) as failing:
+            failing.write(blocks[0])
+            raise RuntimeError("the model failed half-way")
+    assert not failing.tmp.exists() and sorted(p.name for p in target.parent.iterdir()) == ["a.wav"]  # the earlier file stands
 
 
 def test_layout_with_and_without_overlap():
