@@ -49,6 +49,8 @@ from recon.wandb_table import log_to_wandb  # noqa: E402
 
 log = logging.getLogger("recon.infer")
 
+STREAM_ABOVE_SECONDS = 60.0
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
@@ -92,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="32-true", type=precision_name, choices=SUPPORTED_PRECISIONS,
                    help="the networks run under autocast, the front-end, quantizer, filters and metrics stay float32 (default: %(default)s; Lightning runs 16-mixed as bf16-mixed on CPU)")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the VAE, vocoder and UNet (reduce-overhead adds CUDA graphs); 1.05x on 2 CPU cores after 140 s of compiling, not measured on a GPU (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=4, help="10.24 s segments per forward pass (and files per step)")
+    p.add_argument("--batch-size", type=int, default=4, help="10.24 s windows per forward pass (default: %(default)s)")
+    p.add_argument("--files-per-step", type=int, metavar="N",
+                   help="files whose outputs a step holds at once, their windows sharing forward passes (default: --batch-size)")
+    p.add_argument("--stream-above", type=float, default=STREAM_ABOVE_SECONDS, metavar="SECONDS",
+                   help="files longer than this are not loaded whole: read, run, scored and written window by window, in memory "
+                        "that does not grow with their length (PESQ/STOI/ViSQOL then on excerpts past 120 s; default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=0, help="data loading workers per device")
     p.add_argument("--rvq-stages", type=number_list(int), metavar="N[,N...]",
                    help="codebook_rvq: residual stage counts to run, one codebook_rvq@N column each (default: every prefix of the checkpoint's ladder)")
@@ -248,6 +255,11 @@ def run(args: argparse.Namespace) -> int:
     rvq_stages = args.rvq_stages or list(range(1, stages + 1))
     if any(not 1 <= n <= stages for n in rvq_stages) and stages:
         raise UsageError(f"--rvq-stages {rvq_stages}: the checkpoint's codebook has {stages} stage(s)")
+    for flag, value in (("--batch-size", args.batch_size), ("--files-per-step", args.files_per_step)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, not {value}")
+    if not args.stream_above > 0:
+        raise UsageError(f"--stream-above must be a positive number of seconds, not {args.stream_above}")
     for kbps in args.opus_kbps:
         try:
             opus_level(kbps)
@@ -257,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
               "opus_kbps": args.opus_kbps}
     sweeps.update({f"ddcm_{name}": getattr(args, f"ddcm_{name}") for name in DDCM_FLAGS})
     variants = sweep(resolve(args.variants, available), sweeps)
-    dataset = InferenceFiles(args.input, models.backbone.spec)
+    dataset = InferenceFiles(args.input, models.backbone.spec, stream_above=args.stream_above)
     if len(dataset) == 0:
         raise UsageError(f"no audio files found in {' '.join(args.input)}")
     settings = VariantSettings(
@@ -301,7 +313,8 @@ def run(args: argparse.Namespace) -> int:
     trainer.callbacks.append(writer)
     if trainer.world_size > len(dataset):
         raise UsageError(f"{len(dataset)} input file(s) for {trainer.world_size} processes: use at most {len(dataset)} devices")
-    plan = FileBatches(file_durations([path for path, _ in dataset.items]), args.batch_size, trainer.world_size, finished)
+    plan = FileBatches(file_durations([path for path, _ in dataset.items]), args.batch_size, trainer.world_size, finished,
+                       files_per_step=args.files_per_step, alone_above=args.stream_above)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=args.num_workers, collate_fn=collate_files)
     # Lightning cannot see that a custom batch sampler returns every index; FileBatches does (tested).
     warnings.filterwarnings("ignore", message="You are using a custom batch sampler")

@@ -80,8 +80,13 @@ class WavStream:
         self._file.write(block)
         self.frames += block.shape[0]
 
+    def close(self) -> None:
+        """Finish the file under its temporary name (it can then be read back); commit still renames it."""
+        if not self._file.closed:
+            self._file.close()
+
     def commit(self) -> Path:
-        self._file.close()
+        self.close()
         try:
             os.chmod(self.tmp, 0o666 & ~_UMASK)
             os.replace(self.tmp, self.path)
@@ -91,8 +96,7 @@ class WavStream:
         return self.path
 
     def discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self.close()
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "WavStream":

@@ -14,6 +14,7 @@ import soundfile as sf
 from torch.utils.data import Dataset, Sampler
 
 from . import distributed
+from .audio_source import AudioSource
 from .audio import AudioLoadError, AudioSpec, load_audio, normalisation_gain, normalise, source_format
 from .folders import AUDIO_EXTENSIONS, LIST_SUFFIXES, find_audio_files, find_files, read_list  # noqa: F401 (re-exported)
 from .outputs import describe_error
@@ -32,11 +33,14 @@ class InferenceFiles(Dataset):
 
     Items: ``{"index", "relpath", "wav" [samples] | None, "level", "error" str | None}``, where
     ``level`` is the factor that restores the file's own loudness (codec files record it). A file
-    that cannot be read is an item with an error, so the other files go on.
+    that cannot be read is an item with an error, so the other files go on. A file longer than
+    ``stream_above`` seconds (by its header) is not loaded: its item carries an
+    :class:`~recon.audio_source.AudioSource` under ``"source"`` instead of ``"wav"``.
     """
 
-    def __init__(self, inputs: list[str | Path], spec: AudioSpec = AudioSpec()):
+    def __init__(self, inputs: list[str | Path], spec: AudioSpec = AudioSpec(), stream_above: float | None = None):
         self.spec = spec
+        self.stream_above = stream_above
         self.items: list[tuple[Path, str]] = find_files(inputs)
         seen: dict[str, Path] = {}
         for path, rel in self.items:
@@ -52,6 +56,11 @@ class InferenceFiles(Dataset):
         path, rel = self.items[index]
         item = {"index": index, "relpath": rel, "path": str(path), "wav": None, "level": 1.0, "error": None}
         try:
+            if self.stream_above is not None and file_durations([path])[0] > self.stream_above:
+                # Too long to hold: read by offset as it is processed (recon.streamed).
+                source = AudioSource(path, self.spec)
+                item.update(source=source, level=source.level, source_format=source_format(path))
+                return item
             wav = load_audio(path, self.spec)
             if wav.numel() < MIN_SECONDS * self.spec.sample_rate:
                 raise AudioLoadError(path, f"too short: {wav.numel() / self.spec.sample_rate:.3f} s < {MIN_SECONDS} s")
@@ -94,9 +103,11 @@ class FileBatches(Sampler[list[int]]):
 
     Files are ordered by duration (longest first, then by position), so a batch holds files of
     similar length and its forward passes are full; consecutive files form batches of at most
-    ``batch_size`` files and ``batch_size`` segments (a longer file is a batch of its own, so the
-    outputs a batch holds in memory stay small), with fewer files per batch where ``batch_size``
-    would leave a rank without work. The plan depends on the file
+    ``files_per_step`` files (default ``batch_size``, the segments per forward pass) and
+    ``max(batch_size, files_per_step)`` segments (a longer file is a batch of its own, so the
+    outputs a batch holds in memory stay small), with fewer files per batch where that would leave
+    a rank without work. A file longer than ``alone_above`` seconds (a streamed one) is always a
+    batch of its own. The plan depends on the file
     list alone: a resumed run forms the same batches, so every file sees the same forward passes as
     in an uninterrupted run. Batches whose files are all ``finished`` are dropped.
 
@@ -108,15 +119,19 @@ class FileBatches(Sampler[list[int]]):
     FILE_OVERHEAD_S = 0.05  # loading, writing and scoring a file, in seconds of audio, roughly
 
     def __init__(self, durations: list[float], batch_size: int, world: int = 1, finished: set[int] = frozenset(),
-                 segment_seconds: float = AudioSpec().duration):
+                 segment_seconds: float = AudioSpec().duration, files_per_step: int | None = None, alone_above: float | None = None):
         self.durations = durations
         order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
-        size = max(1, min(batch_size, math.ceil(len(order) / max(world, 1))))
+        files_cap = files_per_step or batch_size
+        size = max(1, min(files_cap, math.ceil(len(order) / max(world, 1))))
+        segment_cap = max(batch_size, size)
         batches: list[list[int]] = []
         segments = 0
         for i in order:
             need = max(1, math.ceil(durations[i] / segment_seconds))
-            if not batches or len(batches[-1]) == size or segments + need > size:
+            if alone_above is not None and durations[i] > alone_above:
+                need = segment_cap + 1  # nothing shares its batch
+            if not batches or len(batches[-1]) == size or segments + need > segment_cap:
                 batches.append([])
                 segments = 0
             batches[-1].append(i)

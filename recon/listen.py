@@ -215,7 +215,7 @@ def build_session(spec: SessionSpec) -> tuple[dict, dict]:
 
     usable, skipped = [], []
     for file in listed_files(out_dir, read_metrics(out_dir)):
-        waves = {v: load_wav(wav_path(out_dir, v, file), audio) for v in [INPUT_NAME, *variants]}
+        waves = {v: load_wav(wav_path(out_dir, v, file), audio, spec.excerpt_s) for v in [INPUT_NAME, *variants]}
         missing = [v for v, w in waves.items() if w is None]
         if missing:
             skipped.append(f"{file} (missing {', '.join(missing)})")

@@ -762,6 +762,51 @@ def perceptual_scores(reference: np.ndarray, estimate: np.ndarray, label: str, n
     return {name: value for name, (value, _, _) in scores.items()}
 
 
+# Perceptual metrics of a long file are scored on excerpts: PESQ, STOI and ViSQOL hold the whole
+# pair (and their own copies) in memory and have no streamed form; a file up to this long is scored whole.
+PERCEPTUAL_WHOLE_SECONDS = 120.0
+PERCEPTUAL_EXCERPTS = 6
+PERCEPTUAL_EXCERPT_SECONDS = 20.0
+
+
+def excerpt_starts(num_samples: int, sample_rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+    """(start, length) of the excerpts a long file's perceptual metrics are scored on:
+    :data:`PERCEPTUAL_EXCERPTS` windows of :data:`PERCEPTUAL_EXCERPT_SECONDS`, evenly spaced from
+    the first sample to the last; the whole file (one window) when it is at most
+    :data:`PERCEPTUAL_WHOLE_SECONDS` long."""
+    if num_samples <= PERCEPTUAL_WHOLE_SECONDS * sample_rate:
+        return [(0, num_samples)]
+    length = int(PERCEPTUAL_EXCERPT_SECONDS * sample_rate)
+    last = num_samples - length
+    return [(round(k * last / (PERCEPTUAL_EXCERPTS - 1)), length) for k in range(PERCEPTUAL_EXCERPTS)]
+
+
+def perceptual_scores_of_files(reference_path: str, estimate_path: str, label: str,
+                               names: Sequence[str] = PERCEPTUAL_METRICS) -> dict[str, float]:
+    """:func:`perceptual_scores` of two written 16 kHz wavs of equal length, read in bounded memory:
+    whole up to :data:`PERCEPTUAL_WHOLE_SECONDS`, else the mean over the excerpts of
+    :func:`excerpt_starts` of the excerpts where the metric is defined (NaN if none is). Not the
+    whole-file value: these metrics have no streamed form, and the row's notes say so."""
+    import soundfile as sf
+
+    frames = sf.info(reference_path).frames
+    per_excerpt: dict[str, list[float]] = {name: [] for name in names}
+    for start, length in excerpt_starts(frames):
+        ref, _ = sf.read(reference_path, start=start, frames=length, dtype="float32")
+        est, _ = sf.read(estimate_path, start=start, frames=length, dtype="float32")
+        for name, value in perceptual_scores(ref, est, f"{label} @{start / SAMPLE_RATE:.0f}s", names).items():
+            per_excerpt[name].append(value)
+    return {name: float(np.nanmean(values)) if not np.isnan(values).all() else float("nan") for name, values in per_excerpt.items()}
+
+
+def perceptual_excerpt_note(num_samples: int) -> str | None:
+    """The note a row carries when its perceptual metrics come from excerpts, else None."""
+    windows = excerpt_starts(num_samples)
+    if len(windows) == 1:
+        return None
+    return f"PESQ/STOI/ViSQOL: mean over {len(windows)} excerpts of {PERCEPTUAL_EXCERPT_SECONDS:g} s (not streamable)"
+
+
 # --------------------------------------------------------------------------------------------------
 # bitrate
 

@@ -29,7 +29,9 @@ from .audio import crossfade_join
 from .compile import COMPILE_MODES, compile_networks
 from .outputs import describe_error
 from .precision import fp32_island
+from .files import WavStream
 from .records import FileResult, VariantResult
+from .streamed import stream_file
 from .variants import Models, Variant, VariantInput, VariantSettings
 from .windows import Windows, encode_windows
 
@@ -75,6 +77,9 @@ class VariantRunner(L.LightningModule):
             raise ValueError(f"compile mode {compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         self.compile_mode, self.compile_backend = compile_mode, compile_backend
         self._reported: set[str] = set()
+        # Where a streamed file's outputs are written as they grow: ResultWriter.open_output, set by
+        # the writer at setup (in each process, after ddp_spawn pickled this module).
+        self.open_output: Callable[[str, str], WavStream] | None = None
         # Seconds per stage over the whole run on this rank (device-synchronised): encode, each
         # variant, metrics, and "assemble" (stitching, packing, copies to the host). Benchmarks read it.
         self.stage_seconds: dict[str, float] = defaultdict(float)
@@ -158,6 +163,23 @@ class VariantRunner(L.LightningModule):
             return [FileResult(item["index"], item["relpath"], error=item["error"] or f"failed: {describe_error(err)}") for item in batch]
 
     def _predict(self, batch: list[dict]) -> list[FileResult]:
+        held = [item for item in batch if item.get("source") is None]
+        results = {r.index: r for r in self._predict_held(held)} if held else {}
+        for item in batch:
+            if item.get("source") is not None:
+                results[item["index"]] = self._stream(item)
+        return [results[item["index"]] for item in batch]
+
+    def _stream(self, item: dict) -> FileResult:
+        """A file too long to hold (recon.streamed), or the reason it failed."""
+        try:
+            return stream_file(self, item)
+        except Exception as err:
+            self._log_first("streamed file", err)
+            return FileResult(item["index"], item["relpath"], error=f"failed: {describe_error(err)}")
+
+    def _predict_held(self, batch: list[dict]) -> list[FileResult]:
+        """Files held whole: their windows share forward passes across the step."""
         spec = self.backbone.spec
         ok = [item for item in batch if item["error"] is None]
         windows = Windows([item["wav"] for item in ok], spec, self.settings.overlap)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import metrics as M
+from .files import WavStream
 from .outputs import INPUT_FOLDER, RESULT_NAMES
 from .variants import Variant, VariantSettings
 
@@ -32,6 +33,7 @@ class VariantResult:
 
     variant: str
     wav: np.ndarray | None = None  # float32 [samples], the input's length
+    stream: WavStream | None = None  # or, for a streamed file, its output already written under a temporary name
     metrics: dict[str, float] = field(default_factory=dict)  # the torch metrics, computed on the device
     latent_snr_db: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -50,8 +52,19 @@ class FileResult:
     index: int  # global dataset index
     relpath: str
     input_wav: np.ndarray | None = None  # the normalised reference, float32 [samples]
+    input_stream: WavStream | None = None  # or, for a streamed file, the reference already written under a temporary name
+    num_samples: int | None = None  # the reference's length (set when there is no input_wav)
     error: str | None = None  # the file as a whole failed (unreadable, or its encode failed)
     variants: list[VariantResult] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.input_wav.size if self.input_wav is not None else int(self.num_samples or 0)
+
+    @property
+    def streams(self) -> list[WavStream]:
+        """Every output written ahead under a temporary name (a streamed file's)."""
+        return [s for s in (self.input_stream, *(v.stream for v in self.variants)) if s is not None]
 
     def check_host(self) -> None:
         """Raise unless every array is a host (numpy) array: the writer's one precondition."""

@@ -274,10 +274,16 @@ def _data_uri(mime: str, payload: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
-def load_wav(path: Path, spec: AudioSpec) -> np.ndarray | None:
-    """16 kHz mono float32 of a written wav, or None when it is missing or unreadable."""
+# Players and spectrograms show at most this much of a file: an hour-long output would make a page
+# of hundreds of MB and an unreadable spectrogram. The card says when it is an excerpt.
+EXCERPT_SECONDS = 30.0
+
+
+def load_wav(path: Path, spec: AudioSpec, seconds: float | None = None) -> np.ndarray | None:
+    """16 kHz mono float32 of a written wav (its first ``seconds`` if given), or None when it is
+    missing or unreadable."""
     try:
-        return load_audio(path, spec).numpy()
+        return load_audio(path, spec, duration=seconds).numpy()
     except AudioLoadError:
         return None
 
@@ -425,8 +431,8 @@ def _undefined_reasons(out_dir: Path, rows: list[dict], spec: AudioSpec) -> dict
         if not names:
             continue
         if file not in references:
-            references[file] = load_wav(wav_path(out_dir, INPUT_NAME, file), spec)
-        ref, est = references[file], load_wav(wav_path(out_dir, variant, file), spec)
+            references[file] = load_wav(wav_path(out_dir, INPUT_NAME, file), spec, M.PERCEPTUAL_WHOLE_SECONDS)
+        ref, est = references[file], load_wav(wav_path(out_dir, variant, file), spec, M.PERCEPTUAL_WHOLE_SECONDS)
         for name in names:
             reason = None
             if ref is not None and est is not None and ref.size == est.size:
@@ -857,10 +863,14 @@ def _media_cards(out_dir: Path, file: str, variants: list[str], summary: dict, m
         path = wav_path(out_dir, v, file)
         cls = "ref" if v == INPUT_NAME else ("" if _is_reconstruction(summary, v) else "nr")
         out.append(f'<div class="card {cls}"><div class=name>{_e(v)}</div>')
-        wav = load_wav(path, spec)
+        wav = load_wav(path, spec, EXCERPT_SECONDS)
         if wav is None:
             out.append(f'<div class="missing">missing or unreadable: {_e(path.relative_to(out_dir).as_posix())}</div></div>')
             continue
+        total = sf.info(str(path)).duration
+        if total > EXCERPT_SECONDS:  # a linked player plays the whole file; what the page holds is the excerpt
+            shown = "audio and spectrogram" if media.embed else "spectrogram"
+            out.append(f'<div class=small>{shown}: first {EXCERPT_SECONDS:g} s of {total:.0f} s</div>')
         out.append(f'<audio controls preload="metadata" src="{_e(media.audio(path, wav))}"></audio>')
         out.append(f'<img loading="lazy" alt="log-mel spectrogram of {_e(v)}" src="{_e(media.image(v, file, wav))}"></div>')
     out.append("</div>")

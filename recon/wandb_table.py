@@ -11,6 +11,7 @@ from PIL import Image
 from recon.audio import AudioSpec
 from recon.evaluation import rate_distortion
 from recon.report import (
+    EXCERPT_SECONDS,
     INPUT_NAME,
     listed_files,
     load_wav,
@@ -72,10 +73,10 @@ def log_to_wandb(
             in_audio = out_audio = image = None
             if file in media_files:
                 if file not in inputs:
-                    ref = load_wav(wav_path(out_dir, INPUT_NAME, file), spec)
+                    ref = load_wav(wav_path(out_dir, INPUT_NAME, file), spec, EXCERPT_SECONDS)
                     inputs[file] = None if ref is None else wandb.Audio(ref, sample_rate=spec.sample_rate, caption=f"{file} input")
                 in_audio = inputs[file]
-                est = load_wav(wav_path(out_dir, variant, file), spec)
+                est = load_wav(wav_path(out_dir, variant, file), spec, EXCERPT_SECONDS)
                 if est is not None:
                     out_audio = wandb.Audio(est, sample_rate=spec.sample_rate, caption=f"{file} {variant}")
                     image = wandb.Image(Image.open(io.BytesIO(spectrogram_png(est, spec))), caption=f"{file} {variant}")

@@ -134,6 +134,13 @@ class ResultWriter(BasePredictionWriter):
         self._attempt = token
         self._rank_journal = RankJournal(self.journal, token, trainer.global_rank)
         self._start_thread(pl_module.device)
+        if hasattr(pl_module, "open_output"):
+            pl_module.open_output = self.open_output
+
+    def open_output(self, folder: str, relpath: str) -> files.WavStream:
+        """A wav of this run's output folder written as it grows (a streamed file's); it appears when
+        the file is committed, and not at all if the file fails."""
+        return files.WavStream(self.out / folder / output_relpath(relpath), self.spec.sample_rate)
 
     def _prepare_output(self) -> None:
         """Rank 0: a fresh run clears what the previous run wrote and records its identity; a resumed
@@ -226,15 +233,24 @@ class ResultWriter(BasePredictionWriter):
         record = {"file": result.relpath, "rows": [], "errors": []}
         scoring: list[tuple[dict, Future]] = []
         if result.error is not None:
+            for stream in result.streams:
+                stream.discard()
             self._error(record, result.index, result.relpath, "", result.error)
         else:
             try:
-                files.write_wav(self.out / INPUT_FOLDER / output_relpath(result.relpath), result.input_wav, self.spec.sample_rate)
+                if result.input_stream is not None:
+                    result.input_stream.commit()
+                else:
+                    files.write_wav(self.out / INPUT_FOLDER / output_relpath(result.relpath), result.input_wav, self.spec.sample_rate)
             except OSError as err:
+                for stream in result.streams:
+                    stream.discard()
                 self._error(record, result.index, result.relpath, "", f"writing the input failed: {describe_error(err)}")
                 result.variants = []
             for out in result.variants:
                 if out.error is not None:
+                    if out.stream is not None:
+                        out.stream.discard()
                     self._error(record, result.index, result.relpath, out.variant, out.error)
                     continue
                 try:
@@ -250,10 +266,18 @@ class ResultWriter(BasePredictionWriter):
     def _write_variant(self, result: FileResult, out: VariantResult) -> tuple[dict, Future | None]:
         variant = self._variants[out.variant]
         target = self.out / out.variant / output_relpath(result.relpath)
-        files.write_wav(target, out.wav, self.spec.sample_rate)
+        if out.stream is not None:
+            if out.stream.path != target:
+                raise ValueError(f"{out.variant} was streamed to {out.stream.path}, not to {target}")
+            out.stream.commit()
+        else:
+            files.write_wav(target, out.wav, self.spec.sample_rate)
         if out.bitstream is not None:
             files.write_bytes(target.with_suffix(variant.codes_suffix), out.bitstream)
-        duration = result.input_wav.size / self.spec.sample_rate
+        duration = result.length / self.spec.sample_rate
+        notes = list(out.notes)
+        if self.perceptual and result.input_stream is not None and M.perceptual_excerpt_note(result.length):
+            notes.append(M.perceptual_excerpt_note(result.length))
         row = {
             "index": result.index,
             "file": result.relpath,
@@ -264,15 +288,19 @@ class ResultWriter(BasePredictionWriter):
             "latent_snr_db": out.latent_snr_db,
             "bitrate_bps": variant.bitrate(self.info.variant_settings),
             "measured_bps": len(out.bitstream) * 8 / duration if out.bitstream is not None and duration > 0 else None,
-            "notes": "; ".join(out.notes),
+            "notes": "; ".join(notes),
         }
         future = None
         if self.perceptual:
             label = f"{result.relpath} [{out.variant}]"
-            if self._pool is not None:
-                future = self._pool.submit(M.perceptual_scores, result.input_wav, out.wav, label, self.perceptual)
+            if result.input_stream is not None:  # a streamed file: scored from its written files, in bounded memory
+                score, pair = M.perceptual_scores_of_files, (str(result.input_stream.path), str(target))
             else:
-                row.update(M.perceptual_scores(result.input_wav, out.wav, label, self.perceptual))
+                score, pair = M.perceptual_scores, (result.input_wav, out.wav)
+            if self._pool is not None:
+                future = self._pool.submit(score, *pair, label, self.perceptual)
+            else:
+                row.update(score(*pair, label, self.perceptual))
         return row, future
 
     def _commit_ready(self, backlog: int) -> None:
