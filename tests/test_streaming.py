@@ -34,14 +34,19 @@ SEGMENT = recon_audio.AudioSpec().num_samples
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("long")
-    write_tone(root / "long16k.wav", 43.0, freq=330, seed=1)  # 5 windows at the default overlap
-    write_tone(root / "long44k.wav", 31.0, sr=44100, channels=2, freq=520, seed=2)
+    write_tone(root / "long16k.wav", 25.0, freq=330, seed=1)  # 3 windows at the default overlap: forwards of 2 and 1
+    write_tone(root / "long44k.wav", 16.0, sr=44100, channels=2, freq=520, seed=2)
     write_tone(root / "short.wav", 3.0, freq=700, seed=3)
     return root
 
 
+STREAM_ABOVE = "12"
+
+
 def run(inputs, out: Path, *extra: str) -> int:
-    return infer.main(["--input", str(inputs), "--output", str(out), *ARGS, *extra])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("recon.report.EXCERPT_SECONDS", 15.0)  # so that these short files show excerpts
+        return infer.main(["--input", *(str(i) for i in (inputs if isinstance(inputs, list) else [inputs])), "--output", str(out), *ARGS, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def held(inputs, tmp_path_factory, single_thread) -> Path:
 @pytest.fixture(scope="module")
 def streamed(inputs, tmp_path_factory, single_thread) -> Path:
     out = tmp_path_factory.mktemp("streamed") / "out"
-    assert run(inputs, out, "--stream-above", "20") == 0
+    assert run(inputs, out, "--stream-above", STREAM_ABOVE) == 0
     return out
 
 
@@ -73,7 +78,7 @@ def test_a_streamed_file_gives_what_a_held_one_does(held, streamed):
             a, b = read(held / folder / name), read(streamed / folder / name)
             assert a.shape == b.shape, (folder, name)
             assert np.abs(a - b).max() <= WAV_ATOL, (folder, name, np.abs(a - b).max())
-    assert read(streamed / "input" / "long16k.wav").size == round(43.0 * 16000)
+    assert read(streamed / "input" / "long16k.wav").size == round(25.0 * 16000)
     h, s = rows(held), rows(streamed)
     assert h.keys() == s.keys() and len(h) == 12
     for key, row in h.items():
@@ -88,7 +93,7 @@ def test_a_streamed_file_gives_what_a_held_one_does(held, streamed):
 
 def test_the_report_shows_an_excerpt_of_a_long_file(streamed):
     page = (streamed / "report.html").read_text()
-    assert "spectrogram: first 30 s of 43 s" in page and "first 30 s of 31 s" in page and "of 3 s" not in page
+    assert "spectrogram: first 15 s of 25 s" in page and "first 15 s of 16 s" in page and "of 3 s" not in page
 
 
 def test_a_streamed_file_is_read_a_forward_pass_at_a_time(inputs, tmp_path, monkeypatch, single_thread):
@@ -104,9 +109,9 @@ def test_a_streamed_file_is_read_a_forward_pass_at_a_time(inputs, tmp_path, monk
 
     monkeypatch.setattr(AudioSource, "read", recording)
     monkeypatch.setattr("recon.predict.crossfade_join", refuse)
-    assert infer.main(["--input", str(inputs / "long16k.wav"), "--output", str(tmp_path / "out"), *ARGS, "--stream-above", "20"]) == 0
+    assert infer.main(["--input", str(inputs / "long16k.wav"), "--output", str(tmp_path / "out"), *ARGS, "--stream-above", STREAM_ABOVE]) == 0
     assert spans and max(spans) <= BATCH * SEGMENT  # a forward pass of windows at a time, never the file
-    assert read(tmp_path / "out" / "vae_mode" / "long16k.wav").size == round(43.0 * 16000)
+    assert read(tmp_path / "out" / "vae_mode" / "long16k.wav").size == round(25.0 * 16000)
 
 
 def fail_at_window(monkeypatch, method: str, window: str, variant: str | None = None):
@@ -124,25 +129,25 @@ def fail_at_window(monkeypatch, method: str, window: str, variant: str | None = 
 
 def test_a_variant_failing_half_way_leaves_nothing_and_the_rest_finish(inputs, held, tmp_path, monkeypatch, single_thread):
     out = tmp_path / "out"
-    fail_at_window(monkeypatch, "_run_variant", "long16k.wav#2", "griffinlim")
-    assert run(inputs, out, "--stream-above", "20") == 1
+    fail_at_window(monkeypatch, "_run_variant", "long16k.wav#2", "griffinlim")  # the second forward pass
+    assert run([inputs / "long16k.wav", inputs / "short.wav"], out, "--stream-above", STREAM_ABOVE) == 1
     with open(out / "errors.csv") as f:
         errors = [(e["file"], e["variant"]) for e in csv.DictReader(f)]
     assert errors == [("long16k.wav", "griffinlim")]
     assert not (out / "griffinlim" / "long16k.wav").exists() and not list(out.rglob(".*.tmp"))
     assert np.abs(read(out / "vae_mode" / "long16k.wav") - read(held / "vae_mode" / "long16k.wav")).max() <= WAV_ATOL
-    assert ("long16k.wav", "griffinlim") not in rows(out) and len(rows(out)) == 11
+    assert ("long16k.wav", "griffinlim") not in rows(out) and len(rows(out)) == 7
 
 
 def test_a_file_failing_half_way_leaves_nothing_and_the_rest_finish(inputs, tmp_path, monkeypatch, single_thread):
     out = tmp_path / "out"
-    fail_at_window(monkeypatch, "_encode", "long44k.wav#1")
-    assert run(inputs, out, "--stream-above", "20") == 1
+    fail_at_window(monkeypatch, "_encode", "long16k.wav#2")
+    assert run([inputs / "long16k.wav", inputs / "short.wav"], out, "--stream-above", STREAM_ABOVE) == 1
     with open(out / "errors.csv") as f:
         errors = list(csv.DictReader(f))
-    assert [(e["file"], e["variant"]) for e in errors] == [("long44k.wav", "")] and "failed at window" in errors[0]["reason"]
-    assert not list(out.rglob("long44k.*")) and not list(out.rglob(".*.tmp"))
-    assert {f for f, _ in rows(out)} == {"long16k.wav", "short.wav"}
+    assert [(e["file"], e["variant"]) for e in errors] == [("long16k.wav", "")] and "failed at window" in errors[0]["reason"]
+    assert not list(out.rglob("long16k.*")) and not list(out.rglob(".*.tmp"))
+    assert {f for f, _ in rows(out)} == {"short.wav"}
 
 
 def test_files_per_step_is_not_the_forward_batch():
