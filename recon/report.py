@@ -642,7 +642,24 @@ def _summary_table(summary: dict, variants: list[str], metrics: list[str], rows:
     return "".join(out)
 
 
-def _summary_notes(summary: dict, variants: list[str], reasons: dict) -> str:
+# What the streamed waveform metrics are (recon.metric_stream states each one's tolerance).
+STREAMED_METRICS = "equal to the whole-file values within the tolerances recon.metric_stream states"
+
+
+def _streaming_note(summary: dict, rows: list[dict]) -> str | None:
+    """How the metrics of streamed files (longer than the run's ``--stream-above``) were computed, if any was."""
+    limit = summary.get("run", {}).get("stream_above")
+    durations = {r["file"]: r.get("duration_s") for r in rows}
+    streamed = [f for f, d in durations.items() if _finite(d) and _finite(limit) and d > limit]
+    if not streamed:
+        return None
+    return (f"{len(streamed)} file(s) longer than {limit:g} s were streamed window by window: their waveform metrics were "
+            f"accumulated over the windows ({STREAMED_METRICS}); PESQ, STOI and ViSQOL of a file longer than "
+            f"{M.PERCEPTUAL_WHOLE_SECONDS:g} s are the mean over {M.PERCEPTUAL_EXCERPTS} excerpts of {M.PERCEPTUAL_EXCERPT_SECONDS:g} s, "
+            "not the whole-file value (they have no streamed form; the row's notes say so).")
+
+
+def _summary_notes(summary: dict, variants: list[str], reasons: dict, rows: list[dict] = ()) -> str:
     notes = [
         "Means over files (hover a cell for the median). &darr; lower is better, &uarr; higher is better, "
         "&rarr;1 best at 1; the best value of each column is <span style='background:#d4edda;font-weight:700'>marked</span> "
@@ -658,6 +675,9 @@ def _summary_notes(summary: dict, variants: list[str], reasons: dict) -> str:
         f"no utterance, an output that is silent or more than {M.NEAR_SILENT_DB:g} dB below the input); "
         "<sup class=part>k/n</sup>: the mean covers k of n files."
     )
+    streamed = _streaming_note(summary, rows)
+    if streamed:
+        notes.append(streamed)
     out = "".join(f"<p class=small>{n}</p>" for n in notes)
     if reasons:
         items = "".join(f"<li>{_e(r)}: {n} cell(s)</li>" for r, n in _counts(_short_reason(r) for r in reasons.values()).items())
@@ -930,7 +950,7 @@ def build_html(out_dir: str | Path, max_files: int = 12, spec: AudioSpec = Audio
         _banner(summary.get("run") or {}),
         f"<p class=small>{len(files)} file(s) &times; {len(variants)} variant(s), {len(rows)} metric row(s), {error_link}.</p>",
         "<h2>Summary per variant</h2>",
-        _summary_table(summary, variants, metrics, rows, reasons) + _summary_notes(summary, variants, reasons)
+        _summary_table(summary, variants, metrics, rows, reasons) + _summary_notes(summary, variants, reasons, rows)
         if variants
         else "<p class=note>no variants</p>",
         _errors(errors),

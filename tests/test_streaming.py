@@ -93,6 +93,7 @@ def test_a_streamed_file_gives_what_a_held_one_does(held, streamed):
 
 def test_the_report_shows_an_excerpt_of_a_long_file(streamed):
     page = (streamed / "report.html").read_text()
+    assert "2 file(s) longer than 12 s were streamed window by window" in page
     assert "spectrogram: first 15 s of 25 s" in page and "first 15 s of 16 s" in page and "of 3 s" not in page
 
 
