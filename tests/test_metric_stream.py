@@ -4,8 +4,8 @@ Tolerances (relative, per metric), as tight as float32 allows:
 
 * every metric but ``hf_retention`` is exact up to float32 summation order: the stream sums a
   block's frames in float32 and the blocks in float64, ``compute_all`` sums all frames in float32
-  (measured: at most 3e-7 apart here); ``EXACT_RTOL`` = 5e-6;
-* ``hf_retention`` is an approximation (``recon.metric_stream.EXACTNESS``): measured 1.5e-4 on the
+  (measured: at most 2e-7 apart here); ``EXACT_RTOL`` = 5e-6;
+* ``hf_retention`` is an approximation (``recon.metric_stream.EXACTNESS``): measured 5e-5 on the
   broadband pair below, up to 1.4e-2 on signals of 1025-3000 samples; ``HF_RTOL`` = 1e-3 and
   ``SHORT_HF_RTOL`` = 3e-2.
 """
