@@ -169,7 +169,7 @@ def test_two_pass_protocol_misuse_raises_a_clear_error():
     for other in (ref.flip(0), 0.5 * ref):  # the same samples in another order; another level
         stream = fresh()
         stream.update(other, est, pass_index=1)
-        with pytest.raises(RuntimeError, match="pass 1 was fed other samples than pass 0"):
+        with pytest.raises(RuntimeError, match="pass 1 was fed another reference than pass 0"):
             stream.finish()
     with pytest.raises(RuntimeError, match="pass 1 before any block of pass 0"):
         fresh(first_pass=False).update(ref, est, pass_index=1)
@@ -192,6 +192,20 @@ def test_two_pass_protocol_misuse_raises_a_clear_error():
         one_pass.finish()
     with pytest.raises(ValueError, match="unknown waveform metrics"):
         MetricStream(2, names=("pesq_wb",))
+
+
+def test_an_estimate_fed_other_samples_in_pass_1_gets_nan_for_mel_db_only(caplog):
+    """What a variant that failed half-way gets when pass 1 feeds it zeros: NaN for the metrics of
+    pass 1, a warning; the other estimate and the other metrics keep their values."""
+    ref, est = _pair(2 * SR)
+    stream = MetricStream(2, names=("mel_db_mae", "mel_db_mae_low", "snr_db"))
+    stream.update(ref, est)
+    stream.update(ref, torch.stack([est[0], torch.zeros_like(est[1])]), pass_index=1)
+    got = stream.finish()
+    whole = _whole(ref, est)
+    assert got["mel_db_mae"][0] == pytest.approx(whole["mel_db_mae"][0], rel=EXACT_RTOL) and math.isnan(got["mel_db_mae"][1])
+    assert math.isnan(got["mel_db_mae_low"][1]) and got["snr_db"] == pytest.approx(whole["snr_db"], rel=EXACT_RTOL)
+    assert any("estimate 1 was fed other samples in pass 1" in r.getMessage() for r in caplog.records)
 
 
 def _held_storages(root) -> list[int]:
