@@ -7,7 +7,7 @@ Tolerances (relative, per metric), as tight as float32 allows:
   (measured: at most 2e-7 apart here); ``EXACT_RTOL`` = 5e-6;
 * ``hf_retention`` is an approximation (``recon.metric_stream.EXACTNESS``): measured 5e-5 on the
   broadband pair below, up to 1.4e-2 on signals of 1025-3000 samples; ``HF_RTOL`` = 1e-3 and
-  ``SHORT_HF_RTOL`` = 3e-2.
+  ``SHORT_HF_RTOL`` = 3e-2. (On real outputs it is looser: see ``EXACTNESS``.)
 """
 
 from __future__ import annotations
