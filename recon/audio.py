@@ -386,11 +386,15 @@ class MelFrontEnd(nn.Module):
         )
         return stft.abs()[..., : wav.shape[-1] // self.spec.hop_length]
 
+    def log_mel(self, magnitude: Tensor) -> Tensor:
+        """``ln(max(M |S|, 1e-5))`` of magnitude frames ``[B, n_fft // 2 + 1, frames]`` -> ``[B, n_mels, frames]``."""
+        # float32 whatever the run's precision: autocast would compute the matmul in half precision.
+        with fp32_island(magnitude.device):
+            return torch.log(torch.clamp(self.mel_basis @ magnitude.float(), min=LOG_MEL_FLOOR))
+
     def forward(self, wav: Tensor) -> Tensor:
         if wav.dim() != 2:
             raise ValueError(f"MelFrontEnd expects [batch, samples], got shape {tuple(wav.shape)}")
-        # float32 whatever the run's precision: autocast would compute the matmul in half precision.
         with fp32_island(wav.device):
-            mel = self.mel_basis @ self.magnitude(wav)
-            logmel = torch.log(torch.clamp(mel, min=LOG_MEL_FLOOR))
-        return logmel.transpose(1, 2).unsqueeze(1)
+            magnitude = self.magnitude(wav)
+        return self.log_mel(magnitude).transpose(1, 2).unsqueeze(1)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from recon.audio import AudioSpec, MelFrontEnd
+from recon.precision import fp32_island
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,31 @@ def _ratio_db(num: Tensor, den: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
+# Every waveform metric is a function of sums: over STFT frames (the spectral metrics), over frames
+# of samples (the envelope) or over samples (the SNR family). ``<metric>_sums`` takes the spectra
+# (or samples) of *some* frames of the reference and the estimate and returns their sums ``[B, k]``
+# over those frames; ``<metric>_from_sums`` turns the sums over *all* frames into the metric. Each
+# whole-signal function below is ``_from_sums(_sums(every frame))``, and ``recon.metric_stream``
+# adds the same sums block by block, so each formula is written once. Spectra are
+# ``|STFT| [B, freqs, frames]``; a reference of batch 1 broadcasts against B estimates.
+
+
+def _stack(*sums: Tensor) -> Tensor:
+    """``[B]`` sums (some possibly ``[1]``, of the reference alone) -> ``[B, k]``."""
+    return torch.stack(torch.broadcast_tensors(*sums), dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
 # spectral distances (0 for identical inputs, larger is worse)
+
+
+def log_mel_sums(frontend: MelFrontEnd, mag_ref: Tensor, mag_est: Tensor) -> Tensor:
+    """``[B, 1]``: ``sum_{frames, mels} |L_ref - L_est|`` over these frames (see :func:`log_mel_distance_db`)."""
+    return _stack((frontend.log_mel(mag_ref) - frontend.log_mel(mag_est)).abs().sum(dim=(1, 2)))
+
+
+def log_mel_from_sums(sums: Tensor, frames: int, n_mels: int) -> Tensor:
+    return NEPER_TO_DB * sums[:, 0] / (frames * n_mels)
 
 
 def log_mel_distance_db(reference: Tensor, estimate: Tensor, frontend: MelFrontEnd | None = None) -> Tensor:
@@ -174,8 +199,32 @@ def log_mel_distance_db(reference: Tensor, estimate: Tensor, frontend: MelFrontE
     reference, estimate = _check_pair(reference, estimate)
     if frontend is None:
         frontend = MelFrontEnd(AudioSpec()).to(reference.device)
-    diff = (frontend(reference) - frontend(estimate)).abs()  # [B, 1, frames, mels]
-    return NEPER_TO_DB * diff.flatten(1).mean(dim=1)
+    with fp32_island(reference.device):
+        mag_ref, mag_est = frontend.magnitude(reference), frontend.magnitude(estimate)
+    return log_mel_from_sums(log_mel_sums(frontend, mag_ref, mag_est), mag_ref.shape[-1], frontend.spec.n_mels)
+
+
+def multiscale_mel_sums(
+    mag_ref: Tensor, mag_est: Tensor, filters: Tensor, *, clamp_eps: float = 1e-5, pow: float = 1.0, log_weight: float = 1.0, mag_weight: float = 0.0
+) -> Tensor:
+    """``[B, 2]``: ``sum |log10(max(M_est, eps)^pow) - log10(max(M_ref, eps)^pow)|`` and ``sum |M_est - M_ref|``
+    over the mel bins of these frames, ``M = filters |S|`` (one scale of :func:`multiscale_mel_distance`);
+    a term whose weight is 0 is not computed and sums to 0."""
+    mel_ref, mel_est = filters @ mag_ref, filters @ mag_est
+    log_sum = mag_sum = mel_est.new_zeros(mel_est.shape[0])
+    if log_weight:
+        log_ref = mel_ref.clamp(min=clamp_eps).pow(pow).log10()
+        log_est = mel_est.clamp(min=clamp_eps).pow(pow).log10()
+        log_sum = (log_est - log_ref).abs().sum(dim=(1, 2))
+    if mag_weight:
+        mag_sum = (mel_est - mel_ref).abs().sum(dim=(1, 2))
+    return _stack(log_sum, mag_sum)
+
+
+def multiscale_mel_from_sums(sums: Tensor, frames: int, n_mels: int, *, log_weight: float = 1.0, mag_weight: float = 0.0) -> Tensor:
+    """One scale's term: the weighted means over its ``n_mels * frames`` mel values."""
+    count = frames * n_mels
+    return log_weight * sums[:, 0] / count + mag_weight * sums[:, 1] / count
 
 
 def multiscale_mel_distance(
@@ -209,18 +258,27 @@ def multiscale_mel_distance(
     reference, estimate = _check_pair(reference, estimate)
     if len(window_lengths) != len(n_mels):
         raise ValueError("window_lengths and n_mels must have the same length")
+    weights = {"log_weight": log_weight, "mag_weight": mag_weight}
     total = torch.zeros(reference.shape[0], device=reference.device)
     for win, nm in zip(window_lengths, n_mels):
         fb = _librosa_mel(sample_rate, int(win), int(nm), reference.device)
-        mel_ref = fb @ _stft_mag(reference, int(win), int(win) // 4)  # [B, mels, frames]
-        mel_est = fb @ _stft_mag(estimate, int(win), int(win) // 4)
-        if log_weight:
-            log_ref = mel_ref.clamp(min=clamp_eps).pow(pow).log10()
-            log_est = mel_est.clamp(min=clamp_eps).pow(pow).log10()
-            total = total + log_weight * (log_est - log_ref).abs().mean(dim=(1, 2))
-        if mag_weight:
-            total = total + mag_weight * (mel_est - mel_ref).abs().mean(dim=(1, 2))
+        mag_ref, mag_est = _stft_mag(reference, int(win), int(win) // 4), _stft_mag(estimate, int(win), int(win) // 4)
+        sums = multiscale_mel_sums(mag_ref, mag_est, fb, clamp_eps=clamp_eps, pow=pow, **weights)
+        total = total + multiscale_mel_from_sums(sums, mag_ref.shape[-1], int(nm), **weights)
     return total
+
+
+def mr_stft_sums(mag_ref: Tensor, mag_est: Tensor, eps: float = MR_STFT_EPS) -> Tensor:
+    """``[B, 3]``: ``sum (Y - X)^2``, ``sum Y^2`` and ``sum |ln Y - ln X|`` over the bins of these frames,
+    ``Y = sqrt(max(|S_ref|^2, eps))`` (one resolution of :func:`multi_resolution_stft_distance`)."""
+    y = mag_ref.pow(2).clamp(min=eps).sqrt()
+    x = mag_est.pow(2).clamp(min=eps).sqrt()
+    return _stack((y - x).pow(2).sum(dim=(1, 2)), y.pow(2).sum(dim=(1, 2)), (y.log() - x.log()).abs().sum(dim=(1, 2)))
+
+
+def mr_stft_from_sums(sums: Tensor, frames: int, n_fft: int) -> Tensor:
+    """One resolution's ``sc_r + mag_r``."""
+    return sums[:, 0].sqrt() / sums[:, 1].sqrt() + sums[:, 2] / (frames * (n_fft // 2 + 1))
 
 
 def multi_resolution_stft_distance(
@@ -247,12 +305,21 @@ def multi_resolution_stft_distance(
         raise ValueError("fft_sizes and hop_sizes must have the same length")
     total = torch.zeros(reference.shape[0], device=reference.device)
     for n_fft, hop in zip(fft_sizes, hop_sizes):
-        y = _stft_mag(reference, int(n_fft), int(hop)).pow(2).clamp(min=eps).sqrt()
-        x = _stft_mag(estimate, int(n_fft), int(hop)).pow(2).clamp(min=eps).sqrt()
-        sc = torch.linalg.vector_norm((y - x).flatten(1), dim=1) / torch.linalg.vector_norm(y.flatten(1), dim=1)
-        mag = (y.log() - x.log()).abs().mean(dim=(1, 2))
-        total = total + sc + mag
+        mag_ref, mag_est = _stft_mag(reference, int(n_fft), int(hop)), _stft_mag(estimate, int(n_fft), int(hop))
+        total = total + mr_stft_from_sums(mr_stft_sums(mag_ref, mag_est, eps), mag_ref.shape[-1], int(n_fft))
     return total / len(fft_sizes)
+
+
+def lsd_sums(mag_ref: Tensor, mag_est: Tensor) -> Tensor:
+    """``[B, 1]``: ``sum_frames sqrt(mean_freqs (10 log10(P_ref + 1e-10) - 10 log10(P_est + 1e-10))^2)``
+    over these frames (see :func:`log_spectral_distance`)."""
+    log_ref = 10.0 * torch.log10(mag_ref.pow(2) + LSD_EPS)
+    log_est = 10.0 * torch.log10(mag_est.pow(2) + LSD_EPS)
+    return _stack((log_ref - log_est).pow(2).mean(dim=1).sqrt().sum(dim=1))
+
+
+def lsd_from_sums(sums: Tensor, frames: int) -> Tensor:
+    return sums[:, 0] / frames
 
 
 def log_spectral_distance(reference: Tensor, estimate: Tensor, *, n_fft: int = LSD_N_FFT, hop: int = LSD_HOP) -> Tensor:
@@ -266,14 +333,32 @@ def log_spectral_distance(reference: Tensor, estimate: Tensor, *, n_fft: int = L
     ``g`` gives ``|20 log10 g|`` where all bins are well above the floor.
     """
     reference, estimate = _check_pair(reference, estimate)
-    log_ref = 10.0 * torch.log10(_stft_mag(reference, n_fft, hop).pow(2) + LSD_EPS)
-    log_est = 10.0 * torch.log10(_stft_mag(estimate, n_fft, hop).pow(2) + LSD_EPS)
-    per_frame = (log_ref - log_est).pow(2).mean(dim=1).sqrt()  # [B, frames]
-    return per_frame.mean(dim=1)
+    mag_ref, mag_est = _stft_mag(reference, n_fft, hop), _stft_mag(estimate, n_fft, hop)
+    return lsd_from_sums(lsd_sums(mag_ref, mag_est), mag_ref.shape[-1])
 
 
 # --------------------------------------------------------------------------------------------------
 # waveform fidelity (dB, larger is better)
+
+
+def centred_moments(reference: Tensor, estimate: Tensor) -> Tensor:
+    """``[B, 5]`` float64: ``mean(ref)``, ``mean(est)``, ``<r, r>``, ``<r, e>``, ``<e, e>`` with
+    ``r = ref - mean(ref)``, ``e = est - mean(est)``, in float64 so that the expanded forms of
+    :func:`si_sdr_from_moments` keep their precision (``recon.metric_stream`` merges the moments of
+    consecutive blocks exactly, Chan et al.'s pairwise update)."""
+    ref, est = reference.double(), estimate.double()
+    mean_ref, mean_est = ref.mean(dim=-1, keepdim=True), est.mean(dim=-1, keepdim=True)
+    r, e = ref - mean_ref, est - mean_est
+    return _stack(mean_ref[:, 0], mean_est[:, 0], (r * r).sum(dim=-1), (r * e).sum(dim=-1), (e * e).sum(dim=-1))
+
+
+def si_sdr_from_moments(moments: Tensor) -> Tensor:
+    """SI-SDR in dB from :func:`centred_moments`: ``||alpha r - e||^2 = alpha^2 <r, r> - 2 alpha <r, e> + <e, e>``."""
+    rr, re, ee = moments[:, 2], moments[:, 3], moments[:, 4]
+    alpha = (re + EPS_F32) / (rr + EPS_F32)
+    target = alpha.pow(2) * rr
+    residual = (target - 2.0 * alpha * re + ee).clamp(min=0.0)  # >= 0 exactly; rounding may dip below
+    return _ratio_db(target, residual).float()
 
 
 def si_sdr(reference: Tensor, estimate: Tensor) -> Tensor:
@@ -285,14 +370,20 @@ def si_sdr(reference: Tensor, estimate: Tensor) -> Tensor:
         si_sdr = 10 log10( (||alpha r||^2 + eps) / (||alpha r - e||^2 + eps) )
 
     Equals ``torchmetrics.functional.audio.scale_invariant_signal_distortion_ratio(est, ref,
-    zero_mean=True)``. A perfect (scaled) estimate gives a large finite value, not inf.
+    zero_mean=True)``. A perfect (scaled) estimate gives a large finite value, not inf. The inner
+    products are float64 (see :func:`centred_moments`).
     """
     reference, estimate = _check_pair(reference, estimate)
-    r = reference - reference.mean(dim=-1, keepdim=True)
-    e = estimate - estimate.mean(dim=-1, keepdim=True)
-    alpha = ((e * r).sum(dim=-1, keepdim=True) + EPS_F32) / (r.pow(2).sum(dim=-1, keepdim=True) + EPS_F32)
-    target = alpha * r
-    return _ratio_db(target.pow(2).sum(dim=-1), (target - e).pow(2).sum(dim=-1))
+    return si_sdr_from_moments(centred_moments(reference, estimate))
+
+
+def snr_sums(reference: Tensor, estimate: Tensor) -> Tensor:
+    """``[B, 2]``: ``sum ref^2`` and ``sum (ref - est)^2`` over these samples (see :func:`snr`)."""
+    return _stack(reference.pow(2).sum(dim=-1), (reference - estimate).pow(2).sum(dim=-1))
+
+
+def snr_from_sums(sums: Tensor) -> Tensor:
+    return _ratio_db(sums[:, 0], sums[:, 1])
 
 
 def snr(reference: Tensor, estimate: Tensor) -> Tensor:
@@ -306,7 +397,7 @@ def snr(reference: Tensor, estimate: Tensor) -> Tensor:
     same ratio with other guards.
     """
     reference, estimate = _check_pair(reference, estimate)
-    return _ratio_db(reference.pow(2).sum(dim=-1), (reference - estimate).pow(2).sum(dim=-1))
+    return snr_from_sums(snr_sums(reference, estimate))
 
 
 def latent_snr(z: Tensor, z_hat: Tensor) -> Tensor:
@@ -346,7 +437,12 @@ def high_frequency_retention(
     band = freqs > cutoff_hz
     p_ref = torch.fft.rfft(reference, dim=-1).abs().pow(2) / n
     p_est = torch.fft.rfft(estimate, dim=-1).abs().pow(2) / n
-    return (p_est[:, band].sum(dim=-1) + HF_EPS) / (p_ref[:, band].sum(dim=-1) + HF_EPS)
+    return hf_retention_from_energies(p_ref[:, band].sum(dim=-1), p_est[:, band].sum(dim=-1))
+
+
+def hf_retention_from_energies(band_ref: Tensor, band_est: Tensor) -> Tensor:
+    """``(band_est + 1e-12) / (band_ref + 1e-12)`` of the two band energies (see :func:`high_frequency_retention`)."""
+    return (band_est + HF_EPS) / (band_ref + HF_EPS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,6 +462,12 @@ def _htk_mel(device: torch.device) -> Tensor:
     return fb.T.contiguous().to(device)
 
 
+def mel_db_unfloored(mag: Tensor) -> Tensor:
+    """``|S| [B, 513, frames]`` (STFT_1024, hop 256) -> ``D = 10 log10(max(H |S|^2, 1e-10))`` ``[B, 128, frames]``
+    (see :func:`mel_power_db`; the 80 dB floor needs the whole signal's peak and is applied apart)."""
+    return 10.0 * torch.log10((_htk_mel(mag.device) @ mag.pow(2)).clamp(min=WORKFLOW_AMIN))
+
+
 def mel_power_db(x: Tensor) -> Tensor:
     """``[B, samples]`` -> ``[B, 128, frames]``: the workflow's mel spectrogram in dB, per item::
 
@@ -378,15 +480,36 @@ def mel_power_db(x: Tensor) -> Tensor:
     n_mels=128, f_max=8000, norm=None, mel_scale="htk")(x))`` of torchaudio for one signal (a
     batched call of that transform would take the 80 dB range over the whole batch instead).
     """
-    power = _stft_mag(x.float(), WORKFLOW_N_FFT, WORKFLOW_HOP).pow(2)
-    db = 10.0 * torch.log10((_htk_mel(x.device) @ power).clamp(min=WORKFLOW_AMIN))
-    floor = db.amax(dim=(1, 2), keepdim=True) - WORKFLOW_TOP_DB
-    return torch.maximum(db, floor)
+    db = mel_db_unfloored(_stft_mag(x.float(), WORKFLOW_N_FFT, WORKFLOW_HOP))
+    return torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - WORKFLOW_TOP_DB)
 
 
-def _mel_db_errors(reference: Tensor, estimate: Tensor) -> Tensor:
-    """``|mel_db(ref) - mel_db(est)|`` ``[B, 128, frames]``."""
-    return (mel_power_db(reference) - mel_power_db(estimate)).abs()
+def mel_db_sums(db_ref: Tensor, db_est: Tensor, peak_ref: Tensor, peak_est: Tensor) -> Tensor:
+    """``[B, 2]``: ``sum |mel_db(ref) - mel_db(est)|`` over the low (0..41) and the high (42..127) mel
+    bins of these frames, from :func:`mel_db_unfloored` frames and each signal's peak ``max D``
+    over *all* its frames (``[B or 1]``)."""
+    floored_ref = torch.maximum(db_ref, (peak_ref - WORKFLOW_TOP_DB)[:, None, None])
+    floored_est = torch.maximum(db_est, (peak_est - WORKFLOW_TOP_DB)[:, None, None])
+    err = (floored_ref - floored_est).abs()
+    return _stack(err[:, :WORKFLOW_LOW_MELS].sum(dim=(1, 2)), err[:, WORKFLOW_LOW_MELS:].sum(dim=(1, 2)))
+
+
+def mel_db_from_sums(sums: Tensor, frames: int) -> dict[str, Tensor]:
+    """``mel_db_mae`` and its ``_low`` / ``_high`` bands: means over ``128 * frames``, ``42 * frames``
+    and ``86 * frames`` values."""
+    high_mels = WORKFLOW_N_MELS - WORKFLOW_LOW_MELS
+    return {
+        "mel_db_mae": (sums[:, 0] + sums[:, 1]) / (frames * WORKFLOW_N_MELS),
+        "mel_db_mae_low": sums[:, 0] / (frames * WORKFLOW_LOW_MELS),
+        "mel_db_mae_high": sums[:, 1] / (frames * high_mels),
+    }
+
+
+def _mel_db_values(reference: Tensor, estimate: Tensor) -> dict[str, Tensor]:
+    db_ref = mel_db_unfloored(_stft_mag(reference, WORKFLOW_N_FFT, WORKFLOW_HOP))
+    db_est = mel_db_unfloored(_stft_mag(estimate, WORKFLOW_N_FFT, WORKFLOW_HOP))
+    sums = mel_db_sums(db_ref, db_est, db_ref.amax(dim=(1, 2)), db_est.amax(dim=(1, 2)))
+    return mel_db_from_sums(sums, db_ref.shape[-1])
 
 
 def mel_db_mae(reference: Tensor, estimate: Tensor) -> Tensor:
@@ -400,7 +523,7 @@ def mel_db_mae(reference: Tensor, estimate: Tensor) -> Tensor:
     magnitude, hop 160).
     """
     reference, estimate = _check_pair(reference, estimate)
-    return _mel_db_errors(reference, estimate).mean(dim=(1, 2))
+    return _mel_db_values(reference, estimate)["mel_db_mae"]
 
 
 def mel_db_mae_bands(reference: Tensor, estimate: Tensor) -> tuple[Tensor, Tensor]:
@@ -410,8 +533,17 @@ def mel_db_mae_bands(reference: Tensor, estimate: Tensor) -> tuple[Tensor, Tenso
     bins: ``(42 low + 86 high) / 128``.
     """
     reference, estimate = _check_pair(reference, estimate)
-    err = _mel_db_errors(reference, estimate)
-    return err[:, :WORKFLOW_LOW_MELS].mean(dim=(1, 2)), err[:, WORKFLOW_LOW_MELS:].mean(dim=(1, 2))
+    values = _mel_db_values(reference, estimate)
+    return values["mel_db_mae_low"], values["mel_db_mae_high"]
+
+
+def stft_mag_mse_sums(mag_ref: Tensor, mag_est: Tensor) -> Tensor:
+    """``[B, 1]``: ``sum (|S_ref| - |S_est|)^2`` over the bins of these frames (see :func:`stft_mag_mse`)."""
+    return _stack((mag_ref - mag_est).pow(2).sum(dim=(1, 2)))
+
+
+def stft_mag_mse_from_sums(sums: Tensor, frames: int) -> Tensor:
+    return sums[:, 0] / (frames * (WORKFLOW_N_FFT // 2 + 1))
 
 
 def stft_mag_mse(reference: Tensor, estimate: Tensor) -> Tensor:
@@ -423,8 +555,14 @@ def stft_mag_mse(reference: Tensor, estimate: Tensor) -> Tensor:
     scales with the square of the level; recon's references are peak-normalised to 0.5.
     """
     reference, estimate = _check_pair(reference, estimate)
-    diff = _stft_mag(reference, WORKFLOW_N_FFT, WORKFLOW_HOP) - _stft_mag(estimate, WORKFLOW_N_FFT, WORKFLOW_HOP)
-    return diff.pow(2).mean(dim=(1, 2))
+    mag_ref, mag_est = _stft_mag(reference, WORKFLOW_N_FFT, WORKFLOW_HOP), _stft_mag(estimate, WORKFLOW_N_FFT, WORKFLOW_HOP)
+    return stft_mag_mse_from_sums(stft_mag_mse_sums(mag_ref, mag_est), mag_ref.shape[-1])
+
+
+def frame_centroids(mag: Tensor) -> Tensor:
+    """``|S| [B, 513, frames]`` -> ``[B, frames]``: each frame's centroid in Hz (see :func:`spectral_centroid_hz`)."""
+    freqs = torch.arange(mag.shape[1], device=mag.device, dtype=mag.dtype) * (SAMPLE_RATE / WORKFLOW_N_FFT)
+    return (freqs[None, :, None] * mag).sum(dim=1) / mag.sum(dim=1).clamp(min=CENTROID_EPS)
 
 
 def spectral_centroid_hz(x: Tensor) -> Tensor:
@@ -434,9 +572,16 @@ def spectral_centroid_hz(x: Tensor) -> Tensor:
 
     with ``S = STFT_1024(x)``, hop 256. A silent frame has centroid 0 Hz.
     """
-    mag = _stft_mag(x.float(), WORKFLOW_N_FFT, WORKFLOW_HOP)  # [B, 513, frames]
-    freqs = torch.arange(mag.shape[1], device=x.device, dtype=mag.dtype) * (SAMPLE_RATE / WORKFLOW_N_FFT)
-    return (freqs[None, :, None] * mag).sum(dim=1) / mag.sum(dim=1).clamp(min=CENTROID_EPS)
+    return frame_centroids(_stft_mag(x.float(), WORKFLOW_N_FFT, WORKFLOW_HOP))
+
+
+def centroid_l1_sums(mag_ref: Tensor, mag_est: Tensor) -> Tensor:
+    """``[B, 1]``: ``sum_t |c_t(ref) - c_t(est)|`` over these frames (see :func:`spectral_centroid_l1`)."""
+    return _stack((frame_centroids(mag_ref) - frame_centroids(mag_est)).abs().sum(dim=1))
+
+
+def centroid_l1_from_sums(sums: Tensor, frames: int) -> Tensor:
+    return sums[:, 0] / frames
 
 
 def spectral_centroid_l1(reference: Tensor, estimate: Tensor) -> Tensor:
@@ -445,7 +590,14 @@ def spectral_centroid_l1(reference: Tensor, estimate: Tensor) -> Tensor:
         spectral_centroid_l1 = mean_t |c_t(ref) - c_t(est)|
     """
     reference, estimate = _check_pair(reference, estimate)
-    return (spectral_centroid_hz(reference) - spectral_centroid_hz(estimate)).abs().mean(dim=1)
+    mag_ref, mag_est = _stft_mag(reference, WORKFLOW_N_FFT, WORKFLOW_HOP), _stft_mag(estimate, WORKFLOW_N_FFT, WORKFLOW_HOP)
+    return centroid_l1_from_sums(centroid_l1_sums(mag_ref, mag_est), mag_ref.shape[-1])
+
+
+def correlation_from_moments(moments: Tensor) -> Tensor:
+    """Pearson correlation from :func:`centred_moments`: ``<r, e> / (sqrt<r, r> sqrt<e, e> + 1e-12)``."""
+    rr, re, ee = moments[:, 2], moments[:, 3], moments[:, 4]
+    return (re / (rr.sqrt() * ee.sqrt() + CORR_EPS)).float()
 
 
 def waveform_correlation(reference: Tensor, estimate: Tensor) -> Tensor:
@@ -455,23 +607,40 @@ def waveform_correlation(reference: Tensor, estimate: Tensor) -> Tensor:
         waveform_corr = <r, e> / (||r|| ||e|| + 1e-12)
 
     Like SNR, it needs the phase: a vocoder that does not keep it scores near 0 even when it sounds right.
+    The inner products are float64 (see :func:`centred_moments`).
     """
     reference, estimate = _check_pair(reference, estimate)
-    r = reference - reference.mean(dim=-1, keepdim=True)
-    e = estimate - estimate.mean(dim=-1, keepdim=True)
-    norms = torch.linalg.vector_norm(r, dim=-1) * torch.linalg.vector_norm(e, dim=-1)
-    return (r * e).sum(dim=-1) / (norms + CORR_EPS)
+    return correlation_from_moments(centred_moments(reference, estimate))
+
+
+def envelope_frames(x: Tensor) -> Tensor:
+    """``[B, samples]`` -> ``[B, frames, 1024]``: frames of 1024 samples, hop 256, no padding
+    (``1 + (samples - 1024) // 256`` frames); a signal shorter than one frame is zero-padded to one frame."""
+    x = x.float()
+    if x.shape[-1] < ENVELOPE_FRAME:
+        x = torch.nn.functional.pad(x, (0, ENVELOPE_FRAME - x.shape[-1]))
+    return x.unfold(-1, ENVELOPE_FRAME, ENVELOPE_HOP)
+
+
+def frames_rms(frames: Tensor) -> Tensor:
+    """``[B, frames, n]`` -> ``[B, frames]``: ``sqrt(mean(x^2) + 1e-12)`` of each frame."""
+    return (frames.pow(2).mean(dim=-1) + ENVELOPE_EPS).sqrt()
 
 
 def frame_rms(x: Tensor) -> Tensor:
     """``[B, samples]`` -> ``[B, frames]``: ``sqrt(mean(x^2) + 1e-12)`` over frames of 1024 samples,
     hop 256, no padding (``1 + (samples - 1024) // 256`` frames); a signal shorter than one frame is
     zero-padded to one frame."""
-    x = x.float()
-    if x.shape[-1] < ENVELOPE_FRAME:
-        x = torch.nn.functional.pad(x, (0, ENVELOPE_FRAME - x.shape[-1]))
-    frames = x.unfold(-1, ENVELOPE_FRAME, ENVELOPE_HOP)  # [B, frames, 1024]
-    return (frames.pow(2).mean(dim=-1) + ENVELOPE_EPS).sqrt()
+    return frames_rms(envelope_frames(x))
+
+
+def envelope_sums(frames_ref: Tensor, frames_est: Tensor) -> Tensor:
+    """``[B, 1]``: ``sum_t |rms_t(ref) - rms_t(est)|`` over these :func:`envelope_frames` (see :func:`envelope_rms_l1`)."""
+    return _stack((frames_rms(frames_ref) - frames_rms(frames_est)).abs().sum(dim=1))
+
+
+def envelope_from_sums(sums: Tensor, frames: int) -> Tensor:
+    return sums[:, 0] / frames
 
 
 def envelope_rms_l1(reference: Tensor, estimate: Tensor) -> Tensor:
@@ -483,17 +652,15 @@ def envelope_rms_l1(reference: Tensor, estimate: Tensor) -> Tensor:
     envelope drifting above 0.02. Smeared transients and level swings raise it; phase does not.
     """
     reference, estimate = _check_pair(reference, estimate)
-    return (frame_rms(reference) - frame_rms(estimate)).abs().mean(dim=1)
+    frames_ref, frames_est = envelope_frames(reference), envelope_frames(estimate)
+    return envelope_from_sums(envelope_sums(frames_ref, frames_est), frames_ref.shape[1])
 
 
 def workflow_metrics(reference: Tensor, estimate: Tensor) -> dict[str, Tensor]:
     """Every metric of :data:`WORKFLOW_METRICS`, ``[B]`` each; the mel spectrograms computed once."""
     reference, estimate = _check_pair(reference, estimate)
-    err = _mel_db_errors(reference, estimate)
     return {
-        "mel_db_mae": err.mean(dim=(1, 2)),
-        "mel_db_mae_low": err[:, :WORKFLOW_LOW_MELS].mean(dim=(1, 2)),
-        "mel_db_mae_high": err[:, WORKFLOW_LOW_MELS:].mean(dim=(1, 2)),
+        **_mel_db_values(reference, estimate),
         "stft_mag_mse": stft_mag_mse(reference, estimate),
         "spectral_centroid_l1": spectral_centroid_l1(reference, estimate),
         "waveform_corr": waveform_correlation(reference, estimate),
