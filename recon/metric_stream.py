@@ -265,6 +265,7 @@ class MetricStream:
         self._peaks: Tensor | None = None  # [1 + V] max of the unfloored mel dB of each signal (pass 0)
         self._fingerprints = [None, None]  # per pass, to check that pass 1 re-fed the samples of pass 0
         self._estimates_changed: Tensor | None = None  # [V] bool: fed other samples in pass 1 than in pass 0
+        self._dropped: set[int] = set()  # estimates whose values the caller will not use (see drop)
         self._second: _Framing | None = None
         self._finished = False
 
@@ -298,6 +299,11 @@ class MetricStream:
         self._fingerprint(1, signals, self._refed)
         self._refed += signals.shape[-1]
         self._second.push(signals)
+
+    def drop(self, index: int) -> None:
+        """Estimate ``index`` is no longer scored (its signal failed half-way): it may be fed anything
+        from now on, zeros say, and its values are meaningless."""
+        self._dropped.add(index)
 
     def finish(self) -> dict[str, list[float]]:
         """``{name: [one value per estimate]}``, as ``compute_all(...)[name].tolist()`` for the whole signals."""
@@ -471,8 +477,9 @@ class MetricStream:
             mel_db = M.mel_db_from_sums(sums["mel_db"].total, sums["mel_db"].frames)
             for index in self._estimates_changed.nonzero().flatten().tolist():
                 # Its floor and its sums come from two different signals: no value (a variant that failed
-                # half-way and is fed zeros in pass 1 ends here; its metrics are dropped anyway).
-                logger.warning("estimate %d was fed other samples in pass 1 than in pass 0: its %s are NaN", index, ", ".join(MEL_DB_METRICS))
+                # half-way and is fed zeros in pass 1 ends here; its caller drops it, and no warning is due).
+                if index not in self._dropped:
+                        logger.warning("estimate %d was fed other samples in pass 1 than in pass 0: its %s are NaN", index, ", ".join(MEL_DB_METRICS))
                 for value in mel_db.values():
                     value[index] = float("nan")
             out.update(mel_db)

@@ -98,6 +98,8 @@ def stream_file(runner, item: dict) -> FileResult:
             for out, block in zip(outputs, blocks):
                 if block is not None and out.error is None and not torch.isfinite(block).all():
                     out.fail("produced non-finite audio (NaN or inf); nothing written")
+                if out.error is not None:
+                    metrics.drop(outputs.index(out))
                 if block is None or out.error is not None:
                     estimates.append(torch.zeros_like(reference))  # a failed variant's metrics are dropped
                     continue

@@ -28,6 +28,9 @@ ARGS = ["--ckpt", str(DEMO_CKPT), "--variants", VARIANTS, "--griffinlim-iters", 
 # resampled one is resampled block by block): the inputs differ by rounding, and so may the outputs.
 WAV_ATOL = 1e-5
 METRIC_RTOL, METRIC_ATOL = 1e-4, 1e-4
+# Energy above 4 kHz has no exact streamed form: a streamed file's comes from a 1 Hz STFT instead of
+# one whole-file DFT (recon.metric_stream), within about 2 % where the output keeps a high band.
+LOOSER = {"hf_retention": (3e-2, 1e-4)}
 SEGMENT = recon_audio.AudioSpec().num_samples
 
 
@@ -85,7 +88,8 @@ def test_a_streamed_file_gives_what_a_held_one_does(held, streamed):
         for column, value in row.items():
             if column in ("seconds", "notes", "measured_bps") or value == s[key][column]:
                 continue
-            assert math.isclose(float(value), float(s[key][column]), rel_tol=METRIC_RTOL, abs_tol=METRIC_ATOL), (key, column, value, s[key][column])
+            rtol, atol = LOOSER.get(column, (METRIC_RTOL, METRIC_ATOL))
+            assert math.isclose(float(value), float(s[key][column]), rel_tol=rtol, abs_tol=atol), (key, column, value, s[key][column])
     # The codec file of a 16 kHz input codes the same windows with the same forwards: the same indices.
     assert (held / "codebook_hard" / "long16k.recn").read_bytes() == (streamed / "codebook_hard" / "long16k.recn").read_bytes()
     assert not list(streamed.rglob(".*.tmp"))
