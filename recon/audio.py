@@ -169,15 +169,31 @@ def _to_mono_16k(data: np.ndarray, sr: int, spec: AudioSpec, mixdown: Mixdown, p
     return wav
 
 
+def normalisation_terms(total: Tensor, count: int, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+    """The two terms of :func:`normalise` from a signal's float64 sum ``total`` over ``count``
+    samples, its minimum ``low`` and maximum ``high``: ``mean = total / count`` and
+    ``peak = max(high - mean, mean - low)`` (= ``max|x - mean|``) in float64, returned as float32
+    ``(mean, peak + NORMALISE_EPS)``. Whole signals and :class:`recon.audio_source.AudioSource`
+    (which sums block by block) both normalise through it, so their terms agree."""
+    mean = total / count
+    peak = torch.maximum(high.double() - mean, mean - low.double())
+    return mean.float(), (peak + NORMALISE_EPS).float()
+
+
+def _whole_terms(wav: Tensor) -> tuple[Tensor, Tensor]:
+    return normalisation_terms(wav.double().sum(dim=-1, keepdim=True), wav.shape[-1], wav.amin(dim=-1, keepdim=True), wav.amax(dim=-1, keepdim=True))
+
+
 def normalise(wav: Tensor) -> Tensor:
-    """AudioLDM2's ``normalize_wav``: remove the mean, peak-normalise to 0.5 (epsilon: no NaN on silence)."""
-    wav = wav - wav.mean(dim=-1, keepdim=True)
-    return 0.5 * wav / (wav.abs().amax(dim=-1, keepdim=True) + NORMALISE_EPS)
+    """AudioLDM2's ``normalize_wav``: remove the mean, peak-normalise to 0.5 (epsilon: no NaN on
+    silence): ``0.5 * (x - mean) / (max|x - mean| + eps)``, terms by :func:`normalisation_terms`."""
+    mean, denominator = _whole_terms(wav)
+    return 0.5 * (wav - mean) / denominator
 
 
 def normalisation_gain(wav: Tensor) -> float:
     """The factor that takes ``normalise(wav)`` back to ``wav``'s own level (DC aside)."""
-    return float((wav - wav.mean(dim=-1, keepdim=True)).abs().max() + NORMALISE_EPS) / 0.5
+    return float(_whole_terms(wav)[1]) / 0.5
 
 
 def fit_length(wav: Tensor, num_samples: int) -> Tensor:

@@ -6,11 +6,12 @@ the file:
 
 * **Statistics pass.** On construction the file is read once, block by block (``block_seconds`` of
   output per step), mixed down and resampled as below; the pass sums (float64), and takes the
-  minimum and maximum of, the 16 kHz signal. Then ``mean = sum / n`` and the peak of ``x - mean``
-  is ``max(max - mean, mean - min)``: ``read`` returns ``0.5 * (x - mean) / (peak + NORMALISE_EPS)``
-  and ``level = (peak + NORMALISE_EPS) / 0.5`` (:func:`~recon.audio.normalisation_gain`). Files
-  that ``load_audio`` refuses (missing, empty, unreadable, no samples, NaN or infinite samples on
-  any channel) raise the same :class:`~recon.audio.AudioLoadError` here, during the pass.
+  minimum and maximum of, the 16 kHz signal, and :func:`~recon.audio.normalisation_terms` -- the
+  function :func:`~recon.audio.normalise` itself uses -- turns them into ``mean`` and
+  ``peak = max(max - mean, mean - min)``: ``read`` returns ``0.5 * (x - mean) / (peak + eps)``
+  and ``level = (peak + eps) / 0.5`` (:func:`~recon.audio.normalisation_gain`). Files that
+  ``load_audio`` refuses (missing, empty, unreadable, no samples, NaN or infinite samples on any
+  channel) raise the same :class:`~recon.audio.AudioLoadError` here, during the pass.
 * **Block-wise resampling, equal to the whole-file one.** :func:`recon.audio.resampler` (torchaudio's
   windowed sinc) reduces the rates by their gcd to ``O`` input and ``N`` output samples per period;
   output sample ``k = m*N + j`` is a dot product of input samples ``[m*O - w, m*O + O + w)``, ``w``
@@ -30,12 +31,12 @@ the file:
   reading them block by block would cost time quadratic in their length.
 
 Tolerance: streamed samples equal ``normalise(load_audio(path))`` within ``READ_ATOL`` = 5e-7
-absolute (the normalised signal peaks at 0.5). Two roundings differ: the mean is summed in float64
-rather than float32, so mean and peak may differ by an ulp (alone: <= 1.2e-7); and the convolution
-may order the same products differently on a shorter input (reads of 30 000 samples: bit-exact raw
-16 kHz signal; reads of 1 to 4 097 samples: <= 2.4e-7). Measured on 3-minute files at 16, 44.1
-(stereo), 48, 22.05 and 8 kHz, reads of 1 to 10^7 samples: max abs error 3.0e-7; ``level`` within
-1e-7 relative. ``tests/test_audio_source.py`` checks both.
+absolute (the normalised signal peaks at 0.5). Both take their mean and peak from float64 sums
+through the same function (the sum's order alone differs), so ``level`` and the samples of a 16 kHz
+file came out bit-exact. Resampled files differ only where the convolution orders the same
+products differently on a shorter input: reads of 163 840 samples (a segment) or more were
+bit-exact at every rate; reads of 1 to 30 000 samples differ by up to 2.4e-7. Measured on 3-minute
+files at 16, 44.1 (stereo), 48, 22.05 and 8 kHz; ``tests/test_audio_source.py`` checks it.
 
 Cost, measured with ``python bench/audio_source.py --minutes 60`` (a 60-min 44.1 kHz stereo
 16-bit wav written to /tmp; each way in a fresh process, one torch thread, on 2 shared CPU cores;
@@ -59,20 +60,20 @@ import torch
 from torch import Tensor
 
 from .audio import (
-    NORMALISE_EPS,
     AudioLoadError,
     AudioSpec,
     Mixdown,
     _soundfile_info,
     load_audio,
     mix_down,
+    normalisation_terms,
     require_finite,
     require_samples,
     resampler,
 )
 
-READ_ATOL = 5e-7  # measured max 3.0e-7 (module docstring)
-LEVEL_RTOL = 1e-6  # measured max 8.4e-8
+READ_ATOL = 5e-7  # measured max 2.4e-7 (module docstring)
+LEVEL_RTOL = 2e-7  # measured 0: an ulp of float32, should the float64 sums round apart
 
 
 class _SourceFrames:
@@ -159,11 +160,8 @@ class AudioSource:
                 self._margin_periods = -(-self._resampler.width // self._period_in)
         count, total, low, high = self._statistics()
         self.num_samples = count
-        mean = total / count
-        peak = max(high - mean, mean - low)
-        self.level = (peak + NORMALISE_EPS) / 0.5
-        self._mean = torch.tensor(mean, dtype=torch.float32)
-        self._denominator = torch.tensor(peak + NORMALISE_EPS, dtype=torch.float32)
+        self._mean, self._denominator = normalisation_terms(torch.tensor(total, dtype=torch.float64), count, torch.tensor(low), torch.tensor(high))
+        self.level = float(self._denominator) / 0.5
 
     def _statistics(self) -> tuple[int, float, float, float]:
         """Length, float64 sum, min and max of the raw 16 kHz signal, one block at a time."""
