@@ -243,12 +243,15 @@ def _encode_streamed(path: Path, backbone, frontend, device, batch_size: int, co
     file, as ``_encode_held`` gives a file alone) and codes of a loaded input, holding one group."""
     import torch
 
-    from .audio import TAIL_FRAMES, fit_length, length_chunks, segment_lengths
+    from .audio import TAIL_FRAMES, AudioLoadError, fit_length, length_chunks, segment_lengths
     from .audio_source import AudioSource
+    from .inputs import MIN_SECONDS
     from .windows import encode_windows
 
     spec = backbone.spec
     source = AudioSource(path, spec)
+    if source.num_samples < MIN_SECONDS * spec.sample_rate:  # as InferenceFiles refuses a loaded one
+        raise AudioLoadError(path, f"too short: {source.num_samples / spec.sample_rate:.3f} s < {MIN_SECONDS} s")
     lengths = segment_lengths(source.num_samples, spec.num_samples, TAIL_FRAMES * spec.hop_length, overlap)
     hop = spec.num_samples - overlap
     codes: list = []
