@@ -18,6 +18,7 @@ whole file), and both normalisations carry an epsilon so silence gives the log f
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import torchaudio.transforms as T
 from torch import Tensor, nn
 
 from .precision import fp32_island
@@ -128,17 +129,43 @@ def _read_file(path: Path, start_seconds: float = 0.0, seconds: float | None = N
     return data, int(sr)
 
 
-def _to_mono_16k(data: np.ndarray, sr: int, spec: AudioSpec, mixdown: Mixdown, path: Path) -> Tensor:
-    if data.size == 0:
+# AudioLDM2 resamples with torchaudio's defaults (windowed sinc, width 6, rolloff 0.99); other
+# resamplers measurably move the empty top band of the log-mel. Set here only: whole files and
+# recon.audio_source's block-wise reading use the same resampler.
+RESAMPLE_LOWPASS_WIDTH = 6
+RESAMPLE_ROLLOFF = 0.99
+
+
+@functools.lru_cache(maxsize=4)
+def resampler(orig_freq: int, new_freq: int) -> T.Resample:
+    """The resampler ``orig_freq -> new_freq`` Hz: ``torchaudio.functional.resample`` with the
+    parameters above, its float32 kernel computed once (the same values and output on float32
+    input). Its ``width`` is the kernel's half-support in input samples beyond one period."""
+    return T.Resample(orig_freq, new_freq, lowpass_filter_width=RESAMPLE_LOWPASS_WIDTH, rolloff=RESAMPLE_ROLLOFF, dtype=torch.float32)
+
+
+def require_samples(count: int, path: Path) -> None:
+    if count == 0:
         raise AudioLoadError(path, "no audio samples")
+
+
+def require_finite(data: np.ndarray, path: Path) -> None:
     if not np.isfinite(data).all():
         raise AudioLoadError(path, "contains NaN or infinite samples")
+
+
+def mix_down(data: np.ndarray, mixdown: Mixdown) -> Tensor:
+    """``[channels, samples]`` -> mono float32 ``[samples]``: the channel mean, or channel 0."""
     mono = data.mean(axis=0) if mixdown == "mean" else data[0]
-    wav = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+
+
+def _to_mono_16k(data: np.ndarray, sr: int, spec: AudioSpec, mixdown: Mixdown, path: Path) -> Tensor:
+    require_samples(data.size, path)
+    require_finite(data, path)
+    wav = mix_down(data, mixdown)
     if sr != spec.sample_rate:
-        # AudioLDM2 resamples with torchaudio's defaults (windowed sinc, width 6, rolloff 0.99);
-        # other resamplers measurably move the empty top band of the log-mel.
-        wav = AF.resample(wav, orig_freq=sr, new_freq=spec.sample_rate)
+        wav = resampler(sr, spec.sample_rate)(wav)
     return wav
 
 

@@ -1,0 +1,136 @@
+"""AudioSource: a file read by offset equals the whole-file front-end (``normalise(load_audio)``)
+within the stated tolerance, refuses the same files with the same messages, and reads a block at a
+time."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from recon import audio_source
+from recon.audio import AudioLoadError, load_audio, normalisation_gain, normalise, resampler
+from recon.audio_source import LEVEL_RTOL, READ_ATOL, AudioSource
+
+# (rate, channels, seconds): several minutes each, one per resampling case.
+FILES = {"16k": (16000, 1, 120), "44k_stereo": (44100, 2, 120), "48k": (48000, 1, 90), "22k": (22050, 1, 90), "8k": (8000, 1, 90)}
+BLOCK_SECONDS = 7.3  # many statistics-pass blocks, not aligned to any period
+
+
+def write_signal(path: Path, rate: int, channels: int, seconds: float, seed: int = 0) -> Path:
+    """Two tones, noise and a DC offset (so the mean matters), channels at different levels."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    mono = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3000 * t + 1) + 0.05 * rng.standard_normal(t.size) + 0.1
+    sf.write(str(path), np.stack([mono * (1 - 0.3 * c) for c in range(channels)], axis=1).astype(np.float32), rate)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sources")
+    return {name: write_signal(root / f"{name}.wav", *params, seed=i) for i, (name, params) in enumerate(FILES.items())}
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050, 8000, 11025])
+def test_the_shared_resampler_is_torchaudios_functional_one(rate):
+    wav = torch.randn(50_001, generator=torch.Generator().manual_seed(rate))
+    assert torch.equal(resampler(rate, 16000)(wav), AF.resample(wav, orig_freq=rate, new_freq=16000))
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_reads_and_blocks_equal_the_whole_file_front_end(files, name, single_thread):
+    whole = load_audio(files[name])
+    reference = normalise(whole)
+    source = AudioSource(files[name], block_seconds=BLOCK_SECONDS)
+    assert source.num_samples == whole.numel()
+    assert source.level == pytest.approx(normalisation_gain(whole), rel=LEVEL_RTOL)
+    joined = torch.cat(list(source.blocks(163840)))
+    assert joined.dtype == torch.float32 and joined.shape == reference.shape
+    assert (joined - reference).abs().max() <= READ_ATOL
+    small = torch.cat(list(itertools.islice(source.blocks(4097), 40)))  # small reads: other convolution orderings
+    assert (small - reference[: small.numel()]).abs().max() <= READ_ATOL
+    rng = np.random.default_rng(1)
+    for start in rng.integers(0, whole.numel(), 8):
+        stop = int(start + rng.integers(1, 200_000))
+        got = source.read(int(start), stop)
+        assert got.shape == (min(stop, whole.numel()) - start,)
+        assert (got - reference[start:stop]).abs().max() <= READ_ATOL
+    single = torch.cat([source.read(k, k + 1) for k in range(100)])  # one output sample per read
+    assert (single - reference[:100]).abs().max() <= READ_ATOL
+
+
+def test_mixdown_first_keeps_channel_zero(files):
+    reference = normalise(load_audio(files["44k_stereo"], mixdown="first"))
+    source = AudioSource(files["44k_stereo"], mixdown="first", block_seconds=BLOCK_SECONDS)
+    assert (source.read(1_000_000, 1_400_000) - reference[1_000_000:1_400_000]).abs().max() <= READ_ATOL
+
+
+def _write_nan_late(path: Path) -> Path:
+    data = np.full((16000 * 20, 2), 0.1, dtype=np.float32)
+    data[-5, 1] = np.nan  # channel 1 only, in the last block of the statistics pass
+    sf.write(str(path), data, 16000, subtype="FLOAT")
+    return path
+
+
+# (A file soundfile cannot open is decoded by load_audio itself: its errors are load_audio's.)
+@pytest.mark.parametrize("kind", ["missing", "empty", "no_samples", "nan_late"])
+def test_refuses_the_files_load_audio_refuses_with_its_message(tmp_path, kind):
+    path = tmp_path / f"{kind}.wav"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "no_samples":
+        sf.write(str(path), np.zeros((0, 1), dtype=np.float32), 16000)
+    elif kind == "nan_late":
+        _write_nan_late(path)
+    with pytest.raises(AudioLoadError) as expected:
+        load_audio(path)
+    with pytest.raises(AudioLoadError) as got:
+        AudioSource(path, block_seconds=2.0)
+    assert str(got.value) == str(expected.value) and str(path) in str(got.value)
+
+
+def test_statistics_pass_and_blocks_read_one_block_at_a_time(files, monkeypatch):
+    """Every soundfile request is at most a block plus the resampler's margin (a whole-file read
+    would request all frames, or -1), and the pass decodes each frame once: no seek, no re-read."""
+    path = files["44k_stereo"]
+    frames = sf.info(str(path)).frames
+    requests = []
+    original = sf.SoundFile.read
+
+    def recording(self, frames=-1, *args, **kwargs):
+        requests.append(frames)
+        return original(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", recording)
+    monkeypatch.setattr("recon.audio._read_file", lambda *a, **k: pytest.fail("the whole file was read"))
+    source = AudioSource(path, block_seconds=2.0)
+    bound = 2.0 * 44100 + 2 * 441 + resampler(44100, 16000).width  # a block, a period at each end, the kernel's width
+    assert requests and 0 < max(requests) <= bound
+    assert sum(requests) <= frames + bound  # the last request may ask past the end
+    requests.clear()
+    assert sum(block.numel() for block in source.blocks(32000)) == source.num_samples
+    assert 0 < max(requests) <= 2 * 44100 + bound and sum(requests) <= frames + bound
+
+
+def test_a_format_soundfile_cannot_open_is_decoded_whole_and_read_the_same(files, monkeypatch):
+    path = files["22k"]
+    reference = normalise(load_audio(path))
+    monkeypatch.setattr(audio_source, "_soundfile_info", lambda path: None)  # as for an m4a
+    source = AudioSource(path)
+    assert source.num_samples == reference.numel()
+    assert (source.read(500_000, 900_000) - reference[500_000:900_000]).abs().max() <= READ_ATOL
+
+
+def test_a_source_pickles_mid_read_and_reads_on(files):
+    source = AudioSource(files["48k"], block_seconds=BLOCK_SECONDS)
+    first = source.read(0, 50_000)
+    copy = pickle.loads(pickle.dumps(source))  # as a DataLoader worker hands it over
+    assert torch.equal(copy.read(0, 50_000), first)
+    assert torch.equal(copy.read(50_000, 90_000), source.read(50_000, 90_000))
