@@ -1,15 +1,15 @@
-"""Resampling a signal too long to hold, block by block, as torchaudio resamples it whole.
+"""Resampling a signal too long to hold, block by block, as it is resampled whole.
 
-torchaudio's resampler (windowed sinc, ``lowpass_filter_width`` 6, ``rolloff`` 0.99, the one the
-front-end uses) reduces ``orig / new`` to ``q / p`` and computes output frame ``n`` (its ``p``
-samples ``n p .. n p + p - 1``) from the inputs ``n q - w .. n q + q + w - 1``, zero outside the
-signal, with ``w = ceil(6 q / (0.99 min(p, q)))`` (the kernel's half-width). So frames whose
-inputs have all arrived are final, and resampling a slice that starts on a frame boundary (a
-multiple of ``q``) gives the same frames as the whole signal, once the ``w`` samples of zero
-padding at the slice's edges are out of their reach: :class:`StreamResampler` resamples each block
-with a margin of at least ``w`` input samples on either side and keeps exactly the frames it
-determines. The result equals ``torchaudio.functional.resample`` of the whole signal up to the
-float rounding of the convolution (tests: within 1e-6 of full scale).
+recon resamples with one resampler, :func:`recon.audio.resampler` (torchaudio's windowed sinc with
+the front-end's parameters). It reduces ``orig / new`` to ``q / p`` and computes output frame ``n``
+(its ``p`` samples ``n p .. n p + p - 1``) from the inputs ``n q - w .. n q + q + w - 1``, zero
+outside the signal, ``w`` the kernel's ``width``. So frames whose inputs have all arrived are final,
+and resampling a slice that starts on a frame boundary (a multiple of ``q``) gives the same frames
+as the whole signal, once the zero padding at the slice's edges is out of their reach:
+:class:`StreamResampler` resamples each block with a margin of at least ``w`` input samples on
+either side and keeps exactly the frames it determines. (:class:`recon.audio_source.AudioSource`
+applies the same rule when it reads by offset.) The result equals the whole-signal resampling up
+to the float rounding of the convolution on another length (tests: within 1e-6 of full scale).
 """
 
 from __future__ import annotations
@@ -17,26 +17,23 @@ from __future__ import annotations
 import math
 
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
 
-# torchaudio.functional.resample's defaults, which every resampling in recon uses.
-LOWPASS_FILTER_WIDTH = 6
-ROLLOFF = 0.99
+from .audio import resampler
 
 
 class StreamResampler:
-    """``torchaudio.functional.resample(x, orig_freq, new_freq)`` of a ``[samples]`` signal pushed
+    """``recon.audio.resampler(orig_freq, new_freq)(x)`` of a ``[samples]`` signal pushed
     in blocks of any size: :meth:`push` returns the output samples that are final so far,
     :meth:`finish` the rest (as many samples in all as torchaudio gives). Equal rates pass the
     blocks through unchanged. Holds at most one block plus ``2 w + q`` input samples."""
 
     def __init__(self, orig_freq: int, new_freq: int):
         g = math.gcd(orig_freq, new_freq)
-        self.orig_freq, self.new_freq = orig_freq, new_freq
         self.q, self.p = orig_freq // g, new_freq // g
-        half_width = math.ceil(LOWPASS_FILTER_WIDTH * self.q / (min(self.p, self.q) * ROLLOFF))
-        self.margin = math.ceil(half_width / self.q) * self.q  # whole frames, so slices start on a frame
+        self._resample = None if self.identity else resampler(orig_freq, new_freq)
+        # Whole frames, so that every slice starts on a frame.
+        self.margin = 0 if self.identity else math.ceil(self._resample.width / self.q) * self.q
         self._buffer: Tensor | None = None  # inputs from _buffer_start on
         self._buffer_start = 0
         self._received = 0
@@ -75,7 +72,7 @@ class StreamResampler:
         lo = max(start_frame * self.q - self.margin, 0)
         hi = min(stop * self.q + self.margin, available)
         piece = self._buffer[lo - self._buffer_start : hi - self._buffer_start]
-        out = AF.resample(piece, orig_freq=self.orig_freq, new_freq=self.new_freq)
+        out = self._resample(piece)
         first = (start_frame - lo // self.q) * self.p
         out = out[first : first + (stop - start_frame) * self.p]
         self._frames_done = stop
