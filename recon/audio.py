@@ -268,6 +268,11 @@ OVERLAP_QUANTUM_FRAMES = 4
 DEFAULT_OVERLAP_SECONDS = 0.32
 
 
+# Files longer than this many seconds are streamed (read by offset, processed and written window
+# group by window group) by infer.py and ``recon encode``; shorter ones are loaded whole.
+STREAM_ABOVE_SECONDS = 60.0
+
+
 def overlap_samples(seconds: float, spec: AudioSpec = AudioSpec()) -> int:
     """``seconds`` of window overlap in samples; a ValueError unless it is a multiple of
     ``OVERLAP_QUANTUM_FRAMES`` frames (0.04 s) shorter than half a segment."""

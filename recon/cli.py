@@ -19,7 +19,9 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -113,59 +115,84 @@ def _report(failures: list[str], done: int, what: str, out: Path) -> int:
 def encode(args) -> int:
     import torch
 
-    from .audio import MelFrontEnd, overlap_samples
-    from .inputs import InferenceFiles, output_relpath
+    from .audio import AudioLoadError, MelFrontEnd, overlap_samples
+    from .inputs import InferenceFiles, file_durations, output_relpath
 
     backbone, quantizer, diffusion, device = _load(args)
     overlap = overlap_samples(args.overlap, backbone.spec)
+    if not args.stream_above > 0:
+        raise ValueError(f"--stream-above must be a positive number of seconds, not {args.stream_above}")
     if args.codec == "ddcm":
         if diffusion is None:
             raise ValueError("--codec ddcm needs --diffusion (the AudioLDM2 pipeline whose UNet codes the noise)")
         if args.ddcm_k < 2 or args.ddcm_k & (args.ddcm_k - 1) or args.ddcm_steps < 2:
             raise ValueError(f"--ddcm-k must be a power of two >= 2 and --ddcm-steps >= 2, got {args.ddcm_k} and {args.ddcm_steps}")
         _ddcm_settings(args).ddcm_options.check_schedule(diffusion.schedule.num_train_timesteps)
-        stages = 1
+        coder = _ddcm_coder(backbone, diffusion, args, overlap)
     else:
         if quantizer is None:
             raise ValueError(f"--codec {args.codec} needs --ckpt (a trained codebook)")
         stages = args.stages or (quantizer.num_stages if args.codec == "rvq" else 1)
         if not 1 <= stages <= quantizer.num_stages:
             raise ValueError(f"--stages {stages}: {args.ckpt} has {quantizer.num_stages} residual stage(s)")
+        coder = _codebook_coder(backbone, quantizer, stages, entropy=not args.fixed_rate, overlap=overlap)
     frontend = MelFrontEnd(backbone.spec).to(device)
     dataset = InferenceFiles(args.inputs, backbone.spec)
     if len(dataset) == 0:
         raise ValueError(f"no audio files found in {' '.join(args.inputs)}")
     out = Path(args.out)
     failures, done = [], 0
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=list)
+
+    def target_of(rel: str) -> Path | None:
+        """Where ``rel``'s file goes, or None (and a failure) when it exists and may not be replaced."""
+        target = out / Path(output_relpath(rel)).with_suffix(SUFFIX)
+        if target.exists() and not args.overwrite:
+            failures.append(f"{rel}: {target} exists; pass --overwrite to replace it")
+            return None
+        return target
+
+    def write(rel: str, target: Path, container: Container, path: str) -> None:
+        nonlocal done
+        try:
+            files.write_bytes(target, dumps(with_input_format(container, path)))
+            done += 1
+        except OSError as err:
+            failures.append(f"{rel}: cannot write {target}: {err.strerror or err}")
+
+    # Files longer than --stream-above (by their header) are read by offset, window group by window
+    # group, and never held whole; the others are loaded and batched across files as before.
+    durations = file_durations([path for path, _ in dataset.items])
+    streamed = [i for i, seconds in enumerate(durations) if seconds > args.stream_above]
+    held = torch.utils.data.Subset(dataset, [i for i, seconds in enumerate(durations) if not seconds > args.stream_above])
+    loader = torch.utils.data.DataLoader(held, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=list)
     with tqdm(total=len(dataset), unit="file", desc="encode", disable=args.quiet) as progress:
         for batch in loader:
             todo = []
             for item in batch:
-                target = out / Path(output_relpath(item["relpath"])).with_suffix(SUFFIX)
                 if item["error"] is not None:
                     failures.append(f"{item['relpath']}: {item['error']}")
-                elif target.exists() and not args.overwrite:
-                    failures.append(f"{item['relpath']}: {target} exists; pass --overwrite to replace it")
-                else:
+                elif (target := target_of(item["relpath"])) is not None:
                     todo.append((item, target))
             try:
-                batch_items = [item for item, _ in todo]
-                if args.codec == "ddcm":
-                    containers = _encode_ddcm(batch_items, backbone, frontend, diffusion, device, args, overlap)
-                else:
-                    containers = _encode_batch(batch_items, backbone, frontend, quantizer, device, args.batch_size, stages,
-                                               entropy=not args.fixed_rate, overlap=overlap)
+                containers = _encode_held([item for item, _ in todo], backbone, frontend, device, args.batch_size, coder, overlap)
             except Exception as err:  # one batch's failure is its files' failure; the rest go on
                 failures += [f"{item['relpath']}: encoding failed: {' '.join(str(err).split())}" for item, _ in todo]
                 containers = []
             for (item, target), container in zip(todo, containers):
-                try:
-                    files.write_bytes(target, dumps(with_input_format(container, item["path"])))
-                    done += 1
-                except OSError as err:
-                    failures.append(f"{item['relpath']}: cannot write {target}: {err.strerror or err}")
+                write(item["relpath"], target, container, item["path"])
             progress.update(len(batch))
+        for i in streamed:
+            path, rel = dataset.items[i]
+            if (target := target_of(rel)) is not None:
+                try:
+                    container = _encode_streamed(path, backbone, frontend, device, args.batch_size, coder, overlap)
+                except AudioLoadError as err:
+                    failures.append(f"{rel}: {err.reason}")
+                except Exception as err:  # this file's failure; the rest go on
+                    failures.append(f"{rel}: encoding failed: {' '.join(str(err).split())}")
+                else:
+                    write(rel, target, container, str(path))
+            progress.update(1)
     return _report(failures, done, "encoded", out)
 
 
@@ -178,6 +205,14 @@ def with_input_format(container: Container, path: str) -> Container:
     if not found:
         log.warning("%s: its sample rate and channel count are unknown; the file records 16000 Hz mono", path)
     return Container(dict(container.header, **found), container.payload)
+
+
+class _Coder(NamedTuple):
+    """One codec's two halves: ``code(posterior_mean, logmel)`` gives one code tensor per window of
+    a forward pass; ``pack(codes, window_lengths, num_samples, level)`` the file of a whole input."""
+
+    code: Callable
+    pack: Callable
 
 
 def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size: int, code, overlap: int = 0) -> list[tuple[list, list[int]]]:
@@ -194,6 +229,39 @@ def _encoded_segments(items: list[dict], backbone, frontend, device, batch_size:
     return [([codes[s] for s in windows.of_file(f)], windows.lengths(windows.of_file(f))) for f in range(len(items))]
 
 
+@_no_grad
+def _encode_held(items: list[dict], backbone, frontend, device, batch_size: int, coder: _Coder, overlap: int = 0) -> list[Container]:
+    """The files of loaded inputs (``InferenceFiles`` items), their windows batched together."""
+    encoded = _encoded_segments(items, backbone, frontend, device, batch_size, coder.code, overlap)
+    return [coder.pack(codes, lengths, item["wav"].numel(), item["level"]) for item, (codes, lengths) in zip(items, encoded)]
+
+
+@_no_grad
+def _encode_streamed(path: Path, backbone, frontend, device, batch_size: int, coder: _Coder, overlap: int = 0) -> Container:
+    """The file of one input read by offset (recon.audio_source.AudioSource), window group by
+    window group: the windows (recon.audio.split_file's), forward passes (length_chunks of one
+    file, as ``_encode_held`` gives a file alone) and codes of a loaded input, holding one group."""
+    import torch
+
+    from .audio import TAIL_FRAMES, AudioLoadError, fit_length, length_chunks, segment_lengths
+    from .audio_source import AudioSource
+    from .inputs import MIN_SECONDS
+    from .windows import encode_windows
+
+    spec = backbone.spec
+    source = AudioSource(path, spec)
+    if source.num_samples < MIN_SECONDS * spec.sample_rate:  # as InferenceFiles refuses a loaded one
+        raise AudioLoadError(path, f"too short: {source.num_samples / spec.sample_rate:.3f} s < {MIN_SECONDS} s")
+    lengths = segment_lengths(source.num_samples, spec.num_samples, TAIL_FRAMES * spec.hop_length, overlap)
+    hop = spec.num_samples - overlap
+    codes: list = []
+    for chunk in length_chunks(lengths, batch_size):  # one file's: in file order
+        wav = torch.stack([fit_length(source.read(k * hop, k * hop + spec.num_samples), lengths[k]) for k in chunk])
+        logmel, posterior = encode_windows(frontend, backbone, wav.to(device))
+        codes += [c.cpu() for c in coder.code(posterior.mean.float(), logmel)]
+    return coder.pack(codes, lengths, source.num_samples, source.level)
+
+
 def _ddcm_settings(args):
     from .ddcm_options import FLAGS
     from .variants import VariantSettings
@@ -202,8 +270,7 @@ def _ddcm_settings(args):
                            ddcm_k=args.ddcm_k, **{f"ddcm_{name}": getattr(args, f"ddcm_{name}") for name in FLAGS})
 
 
-@_no_grad
-def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args, overlap: int = 0) -> list:
+def _ddcm_coder(backbone, diffusion, args, overlap: int = 0) -> _Coder:
     from .codec import ddcm_container
     from .ddcm import compress
     from .variants import logmel_error
@@ -217,24 +284,23 @@ def _encode_ddcm(items: list[dict], backbone, frontend, diffusion, device, args,
         rerank = logmel_error(backbone, logmel, scale) if options.rerank > 1 else None
         return compress(denoiser, mean * scale, settings.ddcm_steps, settings.ddcm_k, settings.seed, options, rerank)[0]
 
-    encoded = _encoded_segments(items, backbone, frontend, device, args.batch_size, code, overlap)
-    return [ddcm_container(codes, lengths, item["wav"].numel(), settings, diffusion, backbone, item["level"], overlap=overlap)
-            for item, (codes, lengths) in zip(items, encoded)]
+    def pack(codes, lengths, num_samples, level):
+        return ddcm_container(codes, lengths, num_samples, settings, diffusion, backbone, level, overlap=overlap)
+
+    return _Coder(code, pack)
 
 
-@_no_grad
-def _encode_batch(items: list[dict], backbone, frontend, quantizer, device, batch_size: int, stages: int = 1, entropy: bool = True,
-                  overlap: int = 0) -> list:
-    """Codebook containers of some files."""
+def _codebook_coder(backbone, quantizer, stages: int = 1, entropy: bool = True, overlap: int = 0) -> _Coder:
     from .codec import codebook_container
 
     def code(mean, logmel):
         # One stage: [B, time, freq] as codebook_hard writes it; a ladder: [B, stages, time, freq].
         return quantizer.quantize_indices(mean) if stages == 1 else quantizer.residual_indices(mean, stages)
 
-    encoded = _encoded_segments(items, backbone, frontend, device, batch_size, code, overlap)
-    return [codebook_container(codes, lengths, item["wav"].numel(), quantizer, backbone, item["level"], entropy, overlap)
-            for item, (codes, lengths) in zip(items, encoded)]
+    def pack(codes, lengths, num_samples, level):
+        return codebook_container(codes, lengths, num_samples, quantizer, backbone, level, entropy, overlap)
+
+    return _Coder(code, pack)
 
 
 # ---------------------------------------------------------------------- decode
@@ -243,53 +309,79 @@ def _recn_files(inputs: list[str]) -> list[tuple[Path, str]]:
 
 
 def decode(args) -> int:
-    from .codec import decode_container
-
     inputs = _recn_files(args.inputs)
     if not inputs:
         raise ValueError(f"no {SUFFIX} files found in {' '.join(args.inputs)}")
     backbone, quantizer, diffusion, device = _load(args)
-    audio_format, subtype, suffix = OUTPUT_FORMATS[args.format]
     out = Path(args.out)
     failures, done = [], 0
     for path, rel in tqdm(inputs, unit="file", desc="decode", disable=args.quiet):
-        target = out / Path(rel).with_suffix(suffix)
+        target = out / Path(rel).with_suffix(OUTPUT_FORMATS[args.format][2])
         if target.exists() and not args.overwrite:
             failures.append(f"{rel}: {target} exists; pass --overwrite to replace it")
             continue
-        try:  # any failure is this file's: one line, and the other files go on
-            container = loads(path.read_bytes())
-            wav = decode_container(container, backbone, quantizer, diffusion, path=rel, batch_size=args.batch_size)
-            if not args.normalised:
-                wav = wav * container.header["level"]
-            rate = container.get("input_sample_rate") if args.sample_rate == "original" else int(args.sample_rate)
-            samples = _resampled(wav.float().cpu(), container.header["sample_rate"], rate).numpy()
-        except Exception as err:
-            failures.append(f"{rel}: {_describe(err, rel)}")
-            continue
-        if subtype != "FLOAT":
-            clipped = int((abs(samples) > 1.0).sum())
-            if clipped:
-                log.warning("%s: %d sample(s) beyond full scale clipped (--format float keeps them)", rel, clipped)
-                samples = samples.clip(-1.0, 1.0)
-        try:
-            files.write_wav(target, samples, rate, subtype=subtype, format=audio_format)
+        try:  # any failure is this file's: one line, nothing written, and the other files go on
+            _decode_file(path, rel, target, backbone, quantizer, diffusion, args)
             done += 1
         except Exception as err:
-            failures.append(f"{rel}: cannot write {target}: {getattr(err, 'strerror', None) or _describe(err, rel)}")
+            failures.append(f"{rel}: {_describe(err, rel)}")
     return _report(failures, done, "decoded", out)
 
 
-def _resampled(wav, rate: int, target_rate: int):
-    """``wav`` at ``target_rate``, by torchaudio's resampler (the one the front-end uses)."""
-    if target_rate == rate:
-        return wav
+@_no_grad
+def _decode_file(path: Path, rel: str, target: Path, backbone, quantizer, diffusion, args) -> None:
+    """Decode one file into ``target`` window group by window group: its windows crossfaded as they
+    come (CrossfadeStream), brought to the input's level, resampled block-wise (StreamResampler)
+    and written under a temporary name that only a complete decode renames into place. What it
+    holds is one forward pass's windows, whatever the file's length."""
+    from . import codec
+    from .audio import CrossfadeStream
+
+    audio_format, subtype, _ = OUTPUT_FORMATS[args.format]
+    container = loads(path.read_bytes())
+    windows = codec.decoded_windows(container, backbone, quantizer, diffusion, path=rel, batch_size=args.batch_size)
+    gain = None if args.normalised else container.header["level"]
+    rate = container.get("input_sample_rate") if args.sample_rate == "original" else int(args.sample_rate)
+    resampler = _resampler(container.header["sample_rate"], rate)
+    join = CrossfadeStream(container.get("overlap"), container.header["num_samples"])
+    clipped = 0
+
+    def write(block) -> None:
+        nonlocal clipped
+        samples = block.numpy()
+        if subtype != "FLOAT":
+            beyond = int((abs(samples) > 1.0).sum())
+            if beyond:
+                clipped += beyond
+                samples = samples.clip(-1.0, 1.0)
+        stream.write(samples)
+
+    def at_level(block):
+        return (block if gain is None else block * gain).float().cpu()
+
+    try:
+        stream = files.WavStream(target, rate, subtype=subtype, format=audio_format)
+    except Exception as err:
+        raise OSError(f"cannot write {target}: {getattr(err, 'strerror', None) or err}") from err
+    with stream:
+        for window in windows:
+            write(resampler.push(at_level(join.push(window))))
+        write(resampler.push(at_level(join.finish())))
+        write(resampler.finish())
+        stream.commit()
+    if clipped:
+        log.warning("%s: %d sample(s) beyond full scale clipped (--format float keeps them)", rel, clipped)
+
+
+def _resampler(rate: int, target_rate: int):
+    """``rate`` -> ``target_rate`` block by block, as torchaudio's resampler (the front-end's) does
+    it whole (recon.resample); a ratio too unwieldy to resample is refused."""
+    from .resample import StreamResampler
+
     g = math.gcd(rate, target_rate)
     if (rate // g) * (target_rate // g) > MAX_RESAMPLING_RATIO_TERMS:
         raise ValueError(f"cannot resample {rate} Hz to {target_rate} Hz (ratio {target_rate // g}/{rate // g}); pass --sample-rate {rate}")
-    import torchaudio.functional as AF
-
-    return AF.resample(wav, orig_freq=rate, new_freq=target_rate)
+    return StreamResampler(rate, target_rate)
 
 
 # ---------------------------------------------------------------------- info
@@ -356,12 +448,12 @@ def build_parser(for_info: bool = False) -> argparse.ArgumentParser:
     from .ddcm_options import add_arguments as add_ddcm_arguments
 
     if for_info:
-        d, overlap_default = _NoDefaults(), None
+        d, overlap_default, stream_default = _NoDefaults(), None, None
     else:
-        from .audio import DEFAULT_OVERLAP_SECONDS
+        from .audio import DEFAULT_OVERLAP_SECONDS, STREAM_ABOVE_SECONDS
         from .variants import VariantSettings
 
-        d, overlap_default = VariantSettings(), DEFAULT_OVERLAP_SECONDS
+        d, overlap_default, stream_default = VariantSettings(), DEFAULT_OVERLAP_SECONDS, STREAM_ABOVE_SECONDS
     enc.add_argument("--overlap", type=float, default=overlap_default, metavar="SECONDS",
                      help="seconds shared by consecutive 10.24 s windows, crossfaded on decoding (the file records it), a multiple "
                           "of 0.04; 0 butts the windows as files without an overlap field (default: %(default)s)")
@@ -372,6 +464,9 @@ def build_parser(for_info: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the shared noise codebooks (default: %(default)s)")
     g.add_argument("--prompt", default=d.refine_prompt, help="text conditioning (default: empty)")
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="classifier-free guidance (default: %(default)s)")
+    enc.add_argument("--stream-above", type=float, default=stream_default, metavar="SECONDS",
+                     help="read files longer than this by offset, window group by window group, instead of loading them whole "
+                          "(memory flat in their length; the same file either way) (default: %(default)s)")
     enc.add_argument("--num-workers", type=int, default=0, help="audio loading workers")
     model_options(enc)
     dec = sub.add_parser("decode", help=".recn files -> audio files", description="Decode .recn files (or folders of them) to wav or flac files.")

@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -269,16 +269,23 @@ def codebook_codes(container: Container, backbone, quantizer) -> list[Tensor]:
     return [part.reshape(grid) for part, grid in zip(torch.split(flat, counts), grids)]
 
 
+def _vocoded_groups(latent_groups: Iterable[tuple[list[int], Tensor]], segments: list[int], backbone) -> Iterator[tuple[list[int], Tensor]]:
+    """(members, waveforms ``[B, samples]`` on the backbone's device) of each group of equal-length
+    latents ``[B, 8, time, freq]``: one VAE decode and one vocoder forward per group."""
+    device = next(backbone.parameters()).device
+    for chunk, z in latent_groups:
+        yield chunk, backbone.vocode(backbone.decode(z.to(device)), segments[chunk[0]]).float()
+
+
 @torch.no_grad()
 def decode_segments(latents: list[Tensor], segments: list[int], num_samples: int, backbone, batch_size: int = 4, overlap: int = 0) -> Tensor:
     """Decode and vocode per-segment latents ``[8, time, freq]``; segments of equal length share a
     forward pass (as in infer.py), and overlapping ones are crossfaded as infer.py joins them
     (recon.audio.crossfade_join). Returns the waveform ``[num_samples]`` on the backbone's device."""
-    device = next(backbone.parameters()).device
+    groups = ((chunk, torch.stack([latents[i] for i in chunk])) for chunk in length_chunks(segments, batch_size))
     wav: list[Tensor | None] = [None] * len(latents)
-    for chunk in length_chunks(segments, batch_size):
-        z = torch.stack([latents[i] for i in chunk]).to(device)
-        for i, w in zip(chunk, backbone.vocode(backbone.decode(z), segments[chunk[0]]).float()):
+    for chunk, out in _vocoded_groups(groups, segments, backbone):
+        for i, w in zip(chunk, out):
             wav[i] = w
     return crossfade_join(wav, overlap, num_samples)
 
@@ -322,19 +329,48 @@ def expected_model(container: Container, backbone, quantizer=None, diffusion=Non
     return expected
 
 
-@torch.no_grad()
-def decode_container(container: Container, backbone, quantizer=None, diffusion=None, path: str = "", batch_size: int = 4) -> Tensor:
-    """A file's waveform ``[num_samples]`` at the model's (peak-normalised) level, float32 on the
-    backbone's device, after checking that the models are the ones it was encoded with."""
+def decoded_windows(container: Container, backbone, quantizer=None, diffusion=None, path: str = "",
+                    batch_size: int = 4) -> Iterator[Tensor]:
+    """A file's window outputs ``[segment samples]`` (float32, on the backbone's device, at the
+    model's peak-normalised level) one after the other in file order, for
+    :class:`recon.audio.CrossfadeStream` (``overlap``: ``container.get("overlap")``) to join.
+
+    The models are checked (as :func:`decode_container` does) when this is called, before anything
+    is decoded. Windows are decoded at most ``batch_size`` consecutive equal-length ones per forward
+    pass -- :func:`recon.audio.length_chunks` of one file, the forward passes of
+    :func:`decode_container` -- so the joined windows equal its output exactly; only one group's
+    latents and waveforms are held at a time (the codes are unpacked whole: a few kB per minute)."""
     check_coding(container, backbone, quantizer, path)
     check_model(container, expected_model(container, backbone, quantizer, diffusion), path)
     segments = segments_of(container)
-    device = next(backbone.parameters()).device
     if container.codec == "codebook":
-        latents = [quantizer.decode_residual(c[None].to(device))[0] for c in codebook_codes(container, backbone, quantizer)]
+        codes = codebook_codes(container, backbone, quantizer)
+        device = next(backbone.parameters()).device
+        latent_groups = ((chunk, torch.stack([quantizer.decode_residual(codes[i][None].to(device))[0] for i in chunk]))
+                         for chunk in length_chunks(segments, batch_size))
     else:
-        latents = ddcm_latents(container, backbone, diffusion, batch_size)
-    return decode_segments(latents, segments, container.header["num_samples"], backbone, batch_size, container.get("overlap"))
+        latent_groups = ddcm_latent_groups(container, backbone, diffusion, batch_size)
+
+    @torch.no_grad()
+    def windows() -> Iterator[Tensor]:
+        expected = 0
+        for chunk, wav in _vocoded_groups(latent_groups, segments, backbone):
+            # One file's windows never grow longer, so its length chunks come in file order.
+            if chunk != list(range(expected, expected + len(chunk))):
+                raise RuntimeError(f"windows {chunk} decoded out of order (expected {expected} next)")
+            expected += len(chunk)
+            yield from wav
+
+    return windows()
+
+
+@torch.no_grad()
+def decode_container(container: Container, backbone, quantizer=None, diffusion=None, path: str = "", batch_size: int = 4) -> Tensor:
+    """A file's waveform ``[num_samples]`` at the model's (peak-normalised) level, float32 on the
+    backbone's device, after checking that the models are the ones it was encoded with: its
+    :func:`decoded_windows` crossfaded whole (``recon decode`` joins them as they come instead)."""
+    windows = list(decoded_windows(container, backbone, quantizer, diffusion, path, batch_size))
+    return crossfade_join(windows, container.get("overlap"), container.header["num_samples"])
 
 
 # ---------------------------------------------------------------------- the DDCM codec
@@ -401,11 +437,12 @@ def ddcm_options_of(container: Container, diffusion) -> DDCMOptions:
     return DDCMOptions.from_header(container.header.get("ddcm"), diffusion.schedule.num_train_timesteps)
 
 
-def ddcm_latents(container: Container, backbone, diffusion, batch_size: int = 4) -> list[Tensor]:
-    """Replay the sampler of a ``ddcm`` file: per-segment unscaled latents ``[8, time, freq]``.
+def ddcm_latent_groups(container: Container, backbone, diffusion, batch_size: int = 4) -> Iterator[tuple[list[int], Tensor]]:
+    """Replay the sampler of a ``ddcm`` file group by group: (members, unscaled latents
+    ``[B, 8, time, freq]``) of each :func:`recon.audio.length_chunks` group of its segments.
 
-    Segments of equal length are replayed as one batch; a segment's result does not depend on its
-    batch (shared per-step codebooks and x_T, per-item codes), up to float rounding of the UNet."""
+    A segment's result does not depend on its batch (shared per-step codebooks and x_T, per-item
+    codes), up to float rounding of the UNet. The header is checked when this is called."""
     header = container.header
     if header["noise"] != NOISE_GENERATOR:
         raise ValueError(f"noise generator {header['noise']!r}; this recon has {NOISE_GENERATOR!r}")
@@ -419,10 +456,21 @@ def ddcm_latents(container: Container, backbone, diffusion, batch_size: int = 4)
     if options.code_width == 1:
         codes = codes[..., 0]
     denoiser = diffusion.denoiser(header["prompt"], header["guidance_scale"])
-    latents: list[Tensor | None] = [None] * len(segments)
-    for chunk in length_chunks(segments, batch_size):
-        shape = (len(chunk), backbone.latent_channels, *latent_grid(backbone, segments[chunk[0]]))
-        x0 = decompress(denoiser, codes[chunk], steps, K, header["seed"], shape, device=diffusion.device, options=options)
-        for i, latent in zip(chunk, x0 / header["scaling_factor"]):
+
+    def groups() -> Iterator[tuple[list[int], Tensor]]:
+        for chunk in length_chunks(segments, batch_size):
+            shape = (len(chunk), backbone.latent_channels, *latent_grid(backbone, segments[chunk[0]]))
+            x0 = decompress(denoiser, codes[chunk], steps, K, header["seed"], shape, device=diffusion.device, options=options)
+            yield chunk, x0 / header["scaling_factor"]
+
+    return groups()
+
+
+def ddcm_latents(container: Container, backbone, diffusion, batch_size: int = 4) -> list[Tensor]:
+    """Replay the sampler of a ``ddcm`` file: per-segment unscaled latents ``[8, time, freq]``,
+    segments of equal length replayed as one batch (:func:`ddcm_latent_groups`)."""
+    latents: list[Tensor | None] = [None] * len(segments_of(container))
+    for chunk, x0 in ddcm_latent_groups(container, backbone, diffusion, batch_size):
+        for i, latent in zip(chunk, x0):
             latents[i] = latent
     return latents

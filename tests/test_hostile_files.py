@@ -179,14 +179,14 @@ def test_an_unexpected_failure_costs_one_line_and_an_interrupt_still_stops(good,
     folder.mkdir()
     for name in ("a", "b"):
         (folder / f"{name}.recn").write_bytes(good["fixed"])
-    decode = recon.codec.decode_container
+    decode = recon.codec.decoded_windows
 
     def failing(container, *args, path="", **kwargs):
         if path == "a.recn":
             raise RuntimeError("out of memory\nwhile decoding")
         return decode(container, *args, path=path, **kwargs)
 
-    monkeypatch.setattr(recon.codec, "decode_container", failing)
+    monkeypatch.setattr(recon.codec, "decoded_windows", failing)
     common = ["--ckpt", str(ranged_ckpt), "--device", "cpu", "--quiet"]
     assert cli.main(["decode", str(folder), "--out", str(tmp_path / "out"), *common]) == 1
     assert _error_lines(capsys.readouterr().err) == {"a": "error: a.recn: RuntimeError: out of memory while decoding"}
@@ -195,6 +195,6 @@ def test_an_unexpected_failure_costs_one_line_and_an_interrupt_still_stops(good,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recon.codec, "decode_container", interrupted)
+    monkeypatch.setattr(recon.codec, "decoded_windows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cli.main(["decode", str(folder), "--out", str(tmp_path / "again"), *common])
