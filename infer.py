@@ -29,7 +29,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.multiprocessing import ProcessRaisedException  # noqa: E402
 
-from recon.audio import DEFAULT_OVERLAP_SECONDS, MelFrontEnd, overlap_samples  # noqa: E402
+from recon.audio import DEFAULT_OVERLAP_SECONDS, STREAM_ABOVE_SECONDS, MelFrontEnd, overlap_samples  # noqa: E402
 from recon.ddcm_options import FLAGS as DDCM_FLAGS, add_arguments as add_ddcm_arguments  # noqa: E402
 from recon.backbone import HUB_ID, FrozenAudioLDM2, describe_weights  # noqa: E402
 from recon.compile import COMPILE_MODES  # noqa: E402
@@ -48,8 +48,6 @@ from recon.writer import ResultWriter  # noqa: E402
 from recon.wandb_table import log_to_wandb  # noqa: E402
 
 log = logging.getLogger("recon.infer")
-
-STREAM_ABOVE_SECONDS = 60.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
