@@ -39,6 +39,17 @@ RESOLUTION_CHANNELS = 16
 Judgement = tuple[Tensor, list[Tensor]]
 
 
+def _judge(convs: nn.ModuleList, out: nn.Module, x: Tensor) -> Judgement:
+    """A convolution stack's score and every layer's activations (for feature matching)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LEAKY_SLOPE)
+        features.append(x)
+    x = out(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """The waveform folded into ``[T/p, p]`` columns, judged by 2-D convolutions along time only."""
 
@@ -57,13 +68,7 @@ class PeriodDiscriminator(nn.Module):
         if x.shape[-1] % self.period:
             x = F.pad(x, (0, self.period - x.shape[-1] % self.period), mode="reflect")
         x = x.view(x.shape[0], 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LEAKY_SLOPE)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _judge(self.convs, self.out, x)
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -83,13 +88,7 @@ class ResolutionDiscriminator(nn.Module):
     def forward(self, wav: Tensor) -> Judgement:
         spec = torch.stft(wav, self.n_fft, self.hop, window=self.window, center=True, return_complex=True).abs()
         x = spec.transpose(1, 2)[:, None]  # [B, 1, frames, bins]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LEAKY_SLOPE)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _judge(self.convs, self.out, x)
 
 
 class VocoderDiscriminator(nn.Module):
