@@ -101,7 +101,10 @@ PERCEPTUAL_METRICS = ("pesq_wb", "stoi", *VISQOL_METRICS)
 
 
 def _check_pair(reference: Tensor, estimate: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate ``[B, samples]`` pairs of identical shape and return them as float32."""
+    """Validate ``[B, samples]`` pairs of identical shape and return them as float32.
+
+    A ``[1, samples]`` reference also pairs with a ``[B, samples]`` estimate: it is scored against
+    each row, and its spectra are computed once instead of ``B`` times."""
     if not isinstance(reference, Tensor) or not isinstance(estimate, Tensor):
         raise TypeError("reference and estimate must be torch tensors")
     if reference.dim() != 2 or estimate.dim() != 2:
@@ -109,7 +112,7 @@ def _check_pair(reference: Tensor, estimate: Tensor) -> tuple[Tensor, Tensor]:
             f"metrics expect [batch, samples] tensors, got reference {tuple(reference.shape)} "
             f"and estimate {tuple(estimate.shape)}"
         )
-    if reference.shape != estimate.shape:
+    if reference.shape != estimate.shape and not (reference.shape[0] == 1 and reference.shape[1:] == estimate.shape[1:]):
         raise ValueError(
             f"reference {tuple(reference.shape)} and estimate {tuple(estimate.shape)} differ in shape; "
             "align their lengths before computing metrics"
@@ -867,7 +870,7 @@ def _per_item(name: str, reference: Tensor, estimate: Tensor, labels: Sequence[s
     ref_np = reference.detach().cpu().numpy().astype(np.float64)
     est_np = estimate.detach().cpu().numpy().astype(np.float64)
     out = []
-    for i, (r, e) in enumerate(zip(ref_np, est_np)):
+    for i, (r, e) in enumerate(zip(np.broadcast_to(ref_np, est_np.shape), est_np)):
         scores = _score_pair(r, e, [name])
         _warn_undefined(scores, labels[i] if labels else f"item {i}", r)
         out.append(scores[name][0])

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# The held path scores variants together, as many at a time as fit this many samples: a batch of
+# whole-file spectra at several resolutions grows with variants x length, and past a few million
+# samples it is slower (memory-bound) than scoring in turn, as well as larger.
+METRIC_BATCH_SAMPLES = 1 << 22
+
 
 @dataclass
 class SegmentOutput:
@@ -275,12 +280,16 @@ class VariantRunner(L.LightningModule):
         def compute(sel: list[int]) -> dict[str, Tensor]:
             with fp32_island(reference.device):
                 estimate = torch.stack([stitched[names[i]] for i in sel])
-                values = M.compute_all(reference.expand_as(estimate).contiguous(), estimate, self.frontend, include_perceptual=False)
+                values = M.compute_all(reference[None], estimate, self.frontend, include_perceptual=False)
                 return {k: v.tolist() for k, v in values.items()}
 
         self._sync()
         t0 = time.perf_counter()
-        for sel, values in self._isolated("metrics", compute, [[i] for i in range(len(names))]):
+        per_batch = max(1, METRIC_BATCH_SAMPLES // max(1, reference.numel()))
+        scored = []
+        for start in range(0, len(names), per_batch):
+            scored += self._isolated("metrics", compute, [[i] for i in range(start, min(start + per_batch, len(names)))])
+        for sel, values in scored:
             for r, i in enumerate(sel):
                 entry = by_name[names[i]]
                 if isinstance(values, Exception):

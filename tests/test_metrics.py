@@ -87,6 +87,21 @@ def test_mismatched_shapes_raise(fn):
         fn(ref[0], ref[0])  # [samples] is not [batch, samples]
 
 
+def test_one_reference_row_scores_every_estimate_as_its_copies_do():
+    """The runner scores all variants of a file against one ``[1, samples]`` reference (its spectra
+    computed once); every metric must equal the one of the reference repeated per row."""
+    ref = noise(1.2, batch=1)
+    estimates = torch.cat([0.5 * ref, ref + 0.05 * noise(1.2, batch=1, seed=1), noise(1.2, batch=1, seed=2)])
+    one = M.compute_all(ref, estimates)
+    copies = M.compute_all(ref.expand_as(estimates).contiguous(), estimates)
+    assert set(one) == set(copies)
+    for name in one:
+        assert one[name].shape == (3,), name
+        torch.testing.assert_close(one[name], copies[name], rtol=1e-5, atol=1e-6, equal_nan=True, msg=name)
+    # Rows differ, so a reference scored against the first row only would not pass the above.
+    assert len({round(v, 3) for v in one["log_mel_db"].tolist()}) == 3
+
+
 def test_latent_snr_shape_mismatch_raises():
     z = torch.randn(2, 8, 16, 4)
     with pytest.raises(ValueError):
