@@ -248,3 +248,26 @@ def test_written_files_have_the_permissions_of_any_new_file(tmp_path):
     os.umask(umask)
     write_text(tmp_path / "report.html", "<html></html>")
     assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_metric_batches_bounded_by_samples_score_every_variant_as_one_batch_does(models, inputs, single_thread, monkeypatch):
+    """A held file's variants are scored as many at a time as ``METRIC_BATCH_SAMPLES`` allows; a bound
+    that splits them into batches of one must give every variant the same metrics."""
+    import recon.predict as P
+
+    variants = [VARIANTS[name] for name in ("vae_mode", "vae_sample", "griffinlim")]
+    files = InferenceFiles([inputs])
+    batch = collate_files([files[1]])  # b.wav, 12 s
+
+    def scored() -> dict[str, dict[str, float]]:
+        result = VariantRunner(models, variants, SETTINGS, segment_batch=4).predict_step(batch, 0)[0]
+        return {v.variant: v.metrics for v in result.variants}
+
+    together = scored()
+    monkeypatch.setattr(P, "METRIC_BATCH_SAMPLES", 1)
+    alone = scored()
+    assert set(alone) == {v.name for v in variants} and all(alone.values())
+    for name, metrics in together.items():
+        assert metrics.keys() == alone[name].keys()
+        for key, value in metrics.items():
+            assert math.isclose(value, alone[name][key], rel_tol=1e-5, abs_tol=1e-6) or (math.isnan(value) and math.isnan(alone[name][key])), (name, key)
