@@ -28,6 +28,10 @@ def test_infer_gpu_bench_runs_on_cpu_and_its_numbers_add_up(tmp_path):
     assert report["x_real_time"] == pytest.approx(3 * 3 / report["wall_s"], rel=1e-2)
     stages = report["stage_s"]
     assert set(stages) == {"encode", "vae_mode", "codebook_hard", "metrics", "assemble", "write"}
-    assert all(v >= 0 for v in stages.values()) and 0 < sum(stages.values()) <= report["wall_s"] * 1.05
+    assert all(v >= 0 for v in stages.values())
+    # The main thread's stages run one after another inside the wall; the writer thread overlaps them,
+    # so "write" is bounded by the wall on its own, not added to the rest.
+    in_step = sum(v for k, v in stages.items() if k != "write")
+    assert 0 < in_step <= report["wall_s"] + 1e-3 and stages["write"] <= report["wall_s"] + 1e-3  # rounding
     assert 0 < report["device_busy_fraction"] <= 1
     assert report["first_batch_s"] > 0
