@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(2)
 
+ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 FRONTEND_REFERENCE = DATA / "audioldm2_frontend"
 
@@ -77,3 +78,12 @@ def write_tone(path: Path, seconds: float, sr: int = 16000, freq: float = 440.0,
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data.astype(np.float32), sr)
     return path
+
+
+def child_env() -> dict:
+    """The environment of an infer.py run in a child process: offline, no launcher's rank variables,
+    and one thread (the thread count changes float sums in the last bits, so a test that compares
+    a child's outputs with this process's runs both on one thread)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "WANDB_SERVICE")}
+    clean.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return clean

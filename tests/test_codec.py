@@ -455,10 +455,12 @@ def test_decoded_files_keep_the_inputs_rate_in_the_format_asked(tmp_path, capsys
     # A file written before recon recorded the input's format decodes at 16 kHz.
     legacy = {k: v for k, v in new.header.items() if k not in INPUT_FORMAT}
     (coded / "legacy.recn").write_bytes(dumps(Container(legacy, new.payload)))
-    runs = {"default": [], "float": ["--format", "float"], "original": ["--format", "flac", "--sample-rate", "original"]}
+    runs = {"default": [], "float": ["--format", "float"], "wav24": ["--format", "wav24"],
+            "original": ["--format", "flac", "--sample-rate", "original"]}
     for name, options in runs.items():
         assert cli.main(["decode", str(coded), "--out", str(tmp_path / name), *common, *options]) == 0
     expected = {("default", "stereo.wav"): (16000, "PCM_16"), ("float", "stereo.wav"): (16000, "FLOAT"),
+                ("wav24", "stereo.wav"): (16000, "PCM_24"),
                 ("original", "stereo.flac"): (44100, "PCM_16"), ("original", "legacy.flac"): (16000, "PCM_16")}
     for (name, file), (rate, subtype) in expected.items():
         info = sf.info(str(tmp_path / name / file))
@@ -466,6 +468,8 @@ def test_decoded_files_keep_the_inputs_rate_in_the_format_asked(tmp_path, capsys
     exact, _ = sf.read(str(tmp_path / "float" / "stereo.wav"), dtype="float32")
     pcm, _ = sf.read(str(tmp_path / "default" / "stereo.wav"), dtype="float32")
     assert np.abs(pcm - exact).max() <= 1 / 32768 and np.abs(exact).max() > 0
+    pcm24, _ = sf.read(str(tmp_path / "wav24" / "stereo.wav"), dtype="float64")
+    assert np.abs(pcm24 - exact).max() <= 1 / 2**23 < np.abs(pcm - exact).max()  # finer steps than 16-bit's
     # Back at 44.1 kHz by torchaudio's resampler: the 16 kHz decoding, resampled, to one 16-bit step.
     import torchaudio.functional as AF
 

@@ -371,6 +371,11 @@ def test_infer_sweeps_an_option_and_recon_decodes_each_file_with_no_flags(tmp_pa
         assert container.header.get("ddcm") == {"eta_late": 0.5, "eta_switch": 500, **({"atoms": 2, "level_bits": 3} if name.endswith("P2") else {})}
         written, _ = sf.read(str(out / name / "a.wav"), dtype="float32")
         np.testing.assert_allclose(decode_container(container, backbone, diffusion=diffusion).numpy(), written, atol=1e-4)
+    # recon encode with the same options writes the same file as infer.py's point of the sweep.
+    assert cli.main(["encode", str(tmp_path / "in"), "--codec", "ddcm", "--diffusion", "random:tiny", "--device", "cpu",
+                     "--out", str(tmp_path / "coded"), "--ddcm-steps", "5", "--ddcm-k", "16", "--ddcm-atoms", "2", "--ddcm-level-bits", "3",
+                     "--ddcm-eta-late", "0.5", "--ddcm-eta-switch", "500", "--seed", "2", "--batch-size", "1", "--quiet"]) == 0
+    assert loads((tmp_path / "coded" / "a.recn").read_bytes()) == loads((out / "ddcm_noise@T5-K16-P2" / "a.recn").read_bytes())
     code = cli.main(["encode", str(tmp_path / "in"), "--codec", "ddcm", "--diffusion", "random:tiny", "--device", "cpu",
                      "--out", str(tmp_path / "bad"), "--ddcm-eta-late", "0.3", "--quiet"])
     assert code == 2 and "error: DDCM options: eta_late and eta_switch go together" in capsys.readouterr().err

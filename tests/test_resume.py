@@ -19,7 +19,7 @@ import soundfile as sf
 
 import infer
 from recon.journal import JOURNAL, Journal
-from tests.conftest import write_tone
+from tests.conftest import child_env, write_tone
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = 8
@@ -36,13 +36,6 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def env() -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "WANDB_SERVICE")}
-    # One thread per process everywhere: the thread count changes float sums in the last bits.
-    clean.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return clean
-
-
 def committed(out: Path) -> dict[str, set[str]]:
     """Files committed by each attempt (journal file name -> files), complete lines only."""
     found: dict[str, set[str]] = {}
@@ -57,7 +50,7 @@ def kill_part_way(runs: dict[str, tuple[list[str], Path, int]], timeout: float =
     """Start infer.py once per entry (name -> (arguments, output folder, files)), all at once so their
     imports overlap; SIGKILL each one's process group once that many of its files are committed.
     Returns the files each had committed."""
-    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "infer.py"), *args], cwd=out.parent, env=env(), start_new_session=True,
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "infer.py"), *args], cwd=out.parent, env=child_env(), start_new_session=True,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for name, (args, out, _) in runs.items()}
     deadline = time.monotonic() + timeout

@@ -4,7 +4,13 @@ the file is held whole, bounded reads, and nothing half-written when a file fail
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +22,8 @@ from recon import audio as recon_audio
 from recon.audio_source import AudioSource
 from recon.inputs import FileBatches
 from recon.predict import VariantRunner
-from tests.conftest import write_tone
+from recon.journal import JOURNAL
+from tests.conftest import child_env, write_tone
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CKPT = ROOT / "checkpoints" / "demo" / "codebook-tiny.ckpt"
@@ -153,6 +160,64 @@ def test_a_file_failing_half_way_leaves_nothing_and_the_rest_finish(inputs, tmp_
     assert [(e["file"], e["variant"]) for e in errors] == [("long16k.wav", "")] and "failed at window" in errors[0]["reason"]
     assert not list(out.rglob("long16k.*")) and not list(out.rglob(".*.tmp"))
     assert {f for f, _ in rows(out)} == {"short.wav"}
+
+
+def journal_files(out: Path) -> dict[str, set[str]]:
+    """Files each attempt committed (attempt -> files), complete journal lines only."""
+    attempts: dict[str, set[str]] = {}
+    for path in sorted((out / JOURNAL).glob("*.jsonl")):
+        lines = path.read_text().split("\n")[:-1]
+        attempts.setdefault(path.name.split("-rank")[0], set()).update(json.loads(line)["file"] for line in lines)
+    return attempts
+
+
+def test_a_run_killed_inside_a_streamed_file_resumes_to_the_uninterrupted_outputs(tmp_path, single_thread):
+    source = tmp_path / "in"
+    write_tone(source / "first.wav", 40.0, freq=260, seed=4)  # streamed, then committed before the kill
+    write_tone(source / "second.wav", 35.0, freq=410, seed=5)  # streamed, killed inside: 4 windows, a forward pass each
+    write_tone(source / "clip.wav", 2.0, freq=900, seed=6)  # held, after the kill
+    args = ["--input", str(source), *ARGS, "--batch-size", "1", "--stream-above", STREAM_ABOVE]
+    whole = tmp_path / "whole"
+    assert run(source, whole, "--batch-size", "1", "--stream-above", STREAM_ABOVE) == 0
+
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, str(ROOT / "infer.py"), *args, "--output", str(out)], cwd=tmp_path, env=child_env(),
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    one_window = SEGMENT * 4  # bytes of one float32 window
+    deadline = time.monotonic() + 240
+    try:
+        # SIGKILL once the second file's wavs hold a window: the first is committed, the second half-written.
+        while not any(p.stat().st_size > one_window for p in out.glob("*/.second.wav.*.tmp")):
+            assert child.poll() is None, f"the run ended before it could be killed: {child.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "the run wrote too little in time"
+            time.sleep(0.005)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    killed = journal_files(out)
+    assert list(killed.values()) == [{"first.wav"}]
+    assert list(out.glob("*/.second.wav.*.tmp")) and not list(out.glob("*/second.*"))  # killed inside the file
+
+    assert run(source, out, "--batch-size", "1", "--stream-above", STREAM_ABOVE, "--resume") == 0
+    resumed = {attempt: files for attempt, files in journal_files(out).items() if attempt not in killed}
+    assert list(resumed.values()) == [{"second.wav", "clip.wav"}]  # the first file is not redone
+    assert not list(out.rglob(".*.tmp"))
+    assert {k: {c: v for c, v in r.items() if c != "seconds"} for k, r in rows(out).items()} == \
+           {k: {c: v for c, v in r.items() if c != "seconds"} for k, r in rows(whole).items()}
+    def written(folder: Path) -> list[Path]:
+        return sorted(p.relative_to(folder) for name in ["input", *VARIANTS.split(",")] for p in (folder / name).iterdir())
+
+    outputs = written(whole)
+    assert outputs == written(out) and len(outputs) == 3 * (1 + 4 + 2)  # wavs, .recn, .opus
+    # The same samples (a float wav's header holds the time it was written), the same .recn bytes, and
+    # .opus files of the same size (an Ogg stream's serial number is random; their decodings are the opus wavs).
+    for rel in outputs:
+        if rel.suffix == ".wav":
+            np.testing.assert_array_equal(read(out / rel), read(whole / rel), err_msg=str(rel))
+        elif rel.suffix == ".recn":
+            assert (out / rel).read_bytes() == (whole / rel).read_bytes(), rel
+        else:
+            assert (out / rel).stat().st_size == (whole / rel).stat().st_size, rel
 
 
 def test_files_per_step_is_not_the_forward_batch():
