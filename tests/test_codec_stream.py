@@ -169,3 +169,43 @@ def test_a_decode_failing_half_way_leaves_nothing_and_the_others_finish(tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["b.wav"]
     assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")] == ["error: a.recn: RuntimeError: vocoder failed"]
     assert sf.info(str(out / "b.wav")).frames == 3 * 16000
+
+
+def test_a_long_ddcm_file_streams_to_the_held_files_bytes_and_decodes_to_its_waveform(tmp_path, single_thread):
+    """The DDCM codec on a file past --stream-above: the streamed encoder writes the held encoder's
+    bytes, and the streamed decode (windows joined as they come) is the whole-file decode exactly."""
+    from recon.codec import decode_container
+    from recon.diffusion import load_diffusion_components
+
+    inputs, coded = tmp_path / "in", tmp_path / "coded"
+    write_tone(inputs / "long.wav", 45.0, freq=250)  # 4 full windows and a short last one
+    common = ["--diffusion", "random:tiny", "--device", "cpu", "--quiet", "--batch-size", str(BATCH)]
+    ddcm = ["--codec", "ddcm", "--ddcm-steps", "4", "--ddcm-k", "16", "--seed", "1", *common]
+    assert cli.main(["encode", str(inputs), "--out", str(coded / "held"), "--stream-above", "1000", *ddcm]) == 0
+
+    def barred(self, index):
+        raise AssertionError("a streamed file was loaded whole")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(InferenceFiles, "__getitem__", barred)
+        assert cli.main(["encode", str(inputs), "--out", str(coded / "streamed"), "--stream-above", "30", *ddcm]) == 0
+    streamed = (coded / "streamed" / "long.recn").read_bytes()
+    assert streamed == (coded / "held" / "long.recn").read_bytes()
+    container = loads(streamed)
+    assert container.codec == "ddcm" and len(codec.segments_of(container)) == 5
+
+    diffusion = load_diffusion_components("random:tiny")
+    backbone = FrozenAudioLDM2(diffusion.pipe.vae, diffusion.pipe.vocoder, source="random:tiny")
+    with torch.no_grad():
+        reference = decode_container(container, backbone, diffusion=diffusion, batch_size=BATCH).float().numpy()
+
+    def joined_whole(*args, **kwargs):
+        raise AssertionError("the whole output was joined")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recon.codec, "crossfade_join", joined_whole)
+        patch.setattr(recon.audio, "crossfade_join", joined_whole)
+        assert cli.main(["decode", str(coded / "streamed"), "--out", str(tmp_path / "decoded"), "--format", "float", "--normalised", *common]) == 0
+    wav, rate = sf.read(str(tmp_path / "decoded" / "long.wav"), dtype="float32")
+    assert rate == 16000
+    np.testing.assert_array_equal(wav, reference)
