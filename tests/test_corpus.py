@@ -83,7 +83,10 @@ def test_the_perceptual_backlog_is_bounded_and_pushes_back(tmp_path, monkeypatch
     progress = []
     thread = threading.Thread(target=lambda: [writer.write(host_result(i)) or progress.append(i) for i in range(6)])
     thread.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # however slow the machine: wait for the third file to be handed in
+    while len(writer._pending) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # then give it time to return, which it must not
     assert progress == [0, 1] and len(writer._pending) == 3 and writer.committed == 0  # blocked on the third file
     gate.set()
     thread.join(10)
