@@ -25,10 +25,11 @@ the file:
   a read that continues where the last one ended reuses its overlap and never seeks, so the
   statistics pass and :meth:`AudioSource.blocks` decode exactly the samples of a whole-file read in
   every format. A random :meth:`AudioSource.read` seeks: measured exact for PCM, mp3 and vorbis,
-  within 4e-8 for opus. Formats soundfile cannot open (m4a, aac, ... through librosa's audioread
-  backend) are **decoded whole on construction and held**, with the memory of ``load_audio``:
-  audioread cannot seek (librosa's ``offset`` decodes and discards everything before it), so
-  reading them block by block would cost time quadratic in their length.
+  within 4e-8 for opus. Formats soundfile cannot open (m4a, aac, ...) are decoded by audioread,
+  the backend ``load_audio`` falls back to through librosa, into the same 16-bit samples, front to
+  back: audioread cannot seek, so the frames of the last read are kept and a read moves forward
+  from them; a read that starts before them decodes again from the start. The statistics pass and
+  a front-to-back reading (what infer.py and ``recon encode`` do) decode the file twice in all.
 
 Tolerance: streamed samples equal ``normalise(load_audio(path))`` within ``READ_ATOL`` = 5e-7
 absolute (the normalised signal peaks at 0.5). Both take their mean and peak from float64 sums
@@ -46,15 +47,22 @@ peak RSS from ``wait4``, the figure ``/usr/bin/time -v`` prints, which gave the 
   alone take (660 MB for a 2-min file) -- in 20.4 s;
 * ``normalise(load_audio(path))``: peak RSS 3369 MB in 26.6 s.
 
-The streamed way decodes and resamples the file twice, yet was not slower here.
+The streamed way decodes and resamples the file twice, yet was not slower here. The same hour as
+96 kbit/s AAC in an m4a (ffmpeg through audioread), the same way: 843 MB in 18.6 s streamed, 4417 MB
+in 26.0 s whole; 668 MB for a minute of it. The growth is audioread's: its ffmpeg reader queues
+whatever ffmpeg decodes ahead of the reads, without bound. On a file that long, torchaudio's
+whole-file resampler rounds its output length in float32 and gave one sample fewer (57 600 348)
+than the exact ``ceil`` length a block-wise read reaches (57 600 349).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor
@@ -64,7 +72,6 @@ from .audio import (
     AudioSpec,
     Mixdown,
     _soundfile_info,
-    load_audio,
     mix_down,
     normalisation_terms,
     require_finite,
@@ -133,6 +140,82 @@ class _SourceFrames:
         return mono
 
 
+class _DecodedFrames:
+    """Mono (mixed-down) frames of a file soundfile cannot open, ``[a, b)`` at a time, decoded by
+    audioread into the samples ``librosa.load`` gives (16-bit little-endian PCM over 32768).
+
+    Front to back only (module docstring): frames before a read's start are dropped as they are
+    decoded, so what is held is one read's frames and one decoded buffer, whatever the file's length.
+    """
+
+    def __init__(self, path: Path, mixdown: Mixdown):
+        self.path, self.mixdown = path, mixdown
+        with self._open() as f:
+            self.samplerate, self.channels = int(f.samplerate), int(f.channels)
+        self._reset()
+
+    def __getstate__(self):  # an open decoder does not pickle: decoding restarts on demand
+        return {"path": self.path, "mixdown": self.mixdown, "samplerate": self.samplerate, "channels": self.channels}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._file, self._buffers, self._partial, self._closer = None, None, b"", None
+        self._start, self._mono = 0, torch.empty(0)  # the kept frames and the index of the first
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()  # closes the decoder, once
+        self._reset()
+
+    def _open(self):
+        import audioread
+
+        try:
+            return audioread.audio_open(str(self.path))
+        except Exception as err:  # audioread's backends raise their own error types
+            raise AudioLoadError(self.path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+
+    def _decode(self) -> Tensor | None:
+        """The next decoded buffer as mono frames; None at the end of the file."""
+        if self._file is None:
+            self._file = self._open()
+            self._buffers = iter(self._file)
+            # A decoder left open (an ffmpeg process and its reader threads) is closed when this
+            # object goes, or at exit: audioread's own clean-up at interpreter shutdown aborts.
+            self._closer = weakref.finalize(self, self._file.close)
+        try:
+            data = self._partial + bytes(next(self._buffers))
+        except StopIteration:
+            return None
+        except Exception as err:
+            raise AudioLoadError(self.path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+        whole = len(data) - len(data) % (2 * self.channels)  # a frame split across buffers waits for the rest
+        self._partial = data[whole:]
+        frames = np.frombuffer(data[:whole], "<i2").astype(np.float32) * np.float32(1 / 32768)
+        return mix_down(frames.reshape(-1, self.channels).T, self.mixdown)
+
+    def read(self, a: int, b: int) -> Tensor:
+        """Frames ``[a, b)``, fewer where the file ends first."""
+        if a < self._start:
+            self.close()
+        parts, end = [self._mono], self._start + self._mono.numel()
+        while end < b:
+            block = self._decode()
+            if block is None:
+                break
+            parts.append(block)
+            end += block.numel()
+            if end <= a:  # all before the read: dropped as it comes
+                parts = []
+        kept = torch.cat(parts) if parts else torch.empty(0)
+        first = end - kept.numel()  # <= a: the kept frames start at or before it, or none are left
+        self._start, self._mono = a, kept[a - first :]
+        return self._mono[: b - a]
+
+
 class AudioSource:
     """One input file, read by offset as the normalised 16 kHz mono signal that ``load_audio`` +
     ``normalise`` give for the whole file (module docstring: how, and within what tolerance).
@@ -146,18 +229,17 @@ class AudioSource:
             raise ValueError(f"block_seconds must be positive, got {block_seconds}")
         self.path, self.spec = Path(path), spec
         self._block = max(1, round(block_seconds * spec.sample_rate))
-        self._held: Tensor | None = None
-        self._frames = _SourceFrames(self.path, mixdown)
         info = _soundfile_info(self.path)
-        if info is None:  # not a soundfile format: decoded whole by librosa (module docstring)
-            self._held = load_audio(self.path, spec, mixdown=mixdown)
+        if info is None:  # not a soundfile format: decoded by audioread, front to back (module docstring)
+            self._frames: _SourceFrames | _DecodedFrames = _DecodedFrames(self.path, mixdown)
+            self._rate = self._frames.samplerate
         else:
-            self._rate = info.samplerate
-            if self._rate != spec.sample_rate:
-                self._resampler = resampler(self._rate, spec.sample_rate)
-                g = math.gcd(self._rate, spec.sample_rate)
-                self._period_in, self._period_out = self._rate // g, spec.sample_rate // g
-                self._margin_periods = -(-self._resampler.width // self._period_in)
+            self._frames, self._rate = _SourceFrames(self.path, mixdown), info.samplerate
+        if self._rate != spec.sample_rate:
+            self._resampler = resampler(self._rate, spec.sample_rate)
+            g = math.gcd(self._rate, spec.sample_rate)
+            self._period_in, self._period_out = self._rate // g, spec.sample_rate // g
+            self._margin_periods = -(-self._resampler.width // self._period_in)
         count, total, low, high = self._statistics()
         self.num_samples = count
         self._mean, self._denominator = normalisation_terms(torch.tensor(total, dtype=torch.float64), count, torch.tensor(low), torch.tensor(high))
@@ -180,8 +262,6 @@ class AudioSource:
 
     def _raw(self, start: int, stop: int) -> Tensor:
         """Samples ``[start, stop)`` of ``load_audio(path)`` (before normalisation), fewer at the end."""
-        if self._held is not None:
-            return self._held[start:stop]
         if self._rate == self.spec.sample_rate:
             return self._frames.read(start, stop)
         period_in, period_out, width = self._period_in, self._period_out, self._resampler.width

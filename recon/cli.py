@@ -255,10 +255,13 @@ def _encode_streamed(path: Path, backbone, frontend, device, batch_size: int, co
     lengths = segment_lengths(source.num_samples, spec.num_samples, TAIL_FRAMES * spec.hop_length, overlap)
     hop = spec.num_samples - overlap
     codes: list = []
-    for chunk in length_chunks(lengths, batch_size):  # one file's: in file order
-        wav = torch.stack([fit_length(source.read(k * hop, k * hop + spec.num_samples), lengths[k]) for k in chunk])
-        logmel, posterior = encode_windows(frontend, backbone, wav.to(device))
-        codes += [c.cpu() for c in coder.code(posterior.mean.float(), logmel)]
+    try:
+        for chunk in length_chunks(lengths, batch_size):  # one file's: in file order
+            wav = torch.stack([fit_length(source.read(k * hop, k * hop + spec.num_samples), lengths[k]) for k in chunk])
+            logmel, posterior = encode_windows(frontend, backbone, wav.to(device))
+            codes += [c.cpu() for c in coder.code(posterior.mean.float(), logmel)]
+    finally:
+        source.close()
     return coder.pack(codes, lengths, source.num_samples, source.level)
 
 

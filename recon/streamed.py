@@ -112,7 +112,11 @@ def stream_file(runner, item: dict) -> FileResult:
             written += count
 
         for group in window_groups(lengths, runner.segment_batch):
-            windows = torch.stack([fit_length(source.read(k * hop, k * hop + spec.num_samples), lengths[k]) for k in group])
+            # One read per forward pass, and the input's emitted samples lie inside it: the source is
+            # read front to back (a file only audioread decodes cannot seek back cheaply).
+            start = group[0] * hop
+            span = source.read(start, group[-1] * hop + spec.num_samples)
+            windows = torch.stack([fit_length(span[k * hop - start : k * hop - start + spec.num_samples], lengths[k]) for k in group])
             runner._sync()
             t0 = time.perf_counter()
             x = runner._encode(windows.to(device), [f"{rel}#{k}" for k in group])
@@ -153,6 +157,8 @@ def stream_file(runner, item: dict) -> FileResult:
         for stream in [result.input_stream, *(out.wav for out in outputs)]:
             stream.discard()
         raise
+    finally:
+        source.close()
     for r, out in enumerate(outputs):
         entry = VariantResult(out.variant.name, seconds=out.seconds, error=out.error)
         result.variants.append(entry)

@@ -121,13 +121,76 @@ def test_statistics_pass_and_blocks_read_one_block_at_a_time(files, monkeypatch)
     assert 0 < max(requests) <= 2 * 44100 + bound and sum(requests) <= frames + bound
 
 
-def test_a_format_soundfile_cannot_open_is_decoded_whole_and_read_the_same(files, monkeypatch):
-    path = files["22k"]
+@pytest.mark.parametrize("name", ["16k", "44k_stereo"])
+def test_a_format_soundfile_cannot_open_is_decoded_front_to_back_and_read_the_same(files, name, monkeypatch, single_thread):
+    """Decoded by audioread (as an m4a is; its pure-Python backend reads these wavs), the source
+    reads what the whole-file front-end gives, holding one read's frames, never the file."""
+    path = files[name]
     reference = normalise(load_audio(path))
-    monkeypatch.setattr(audio_source, "_soundfile_info", lambda path: None)  # as for an m4a
-    source = AudioSource(path)
+    monkeypatch.setattr(audio_source, "_soundfile_info", lambda path: None)
+    source = AudioSource(path, block_seconds=BLOCK_SECONDS)
+    assert isinstance(source._frames, audio_source._DecodedFrames)
     assert source.num_samples == reference.numel()
-    assert (source.read(500_000, 900_000) - reference[500_000:900_000]).abs().max() <= READ_ATOL
+    rate = FILES[name][0]
+    blocks, held = [], []
+    for block in source.blocks(163840):
+        blocks.append(block)
+        held.append(source._frames._mono.numel())
+    joined = torch.cat(blocks)
+    assert joined.shape == reference.shape and (joined - reference).abs().max() <= READ_ATOL
+    # What it holds is about one read's frames at the file's rate, not the file (FILES: 120 s).
+    assert max(held) <= 163840 * rate // 16000 + 2 * rate // 100 + 20_000
+    # A read behind the last one decodes again from the start; a copy (a DataLoader worker's) reads on.
+    assert (source.read(1000, 5000) - reference[1000:5000]).abs().max() <= READ_ATOL
+    copy = pickle.loads(pickle.dumps(source))
+    assert (copy.read(900_000, 1_000_000) - reference[900_000:1_000_000]).abs().max() <= READ_ATOL
+
+
+def test_a_decoder_is_closed_by_close_or_when_its_source_goes(files, monkeypatch):
+    """audioread's ffmpeg decoder is a process with reader threads: every one opened is closed, by
+    ``close`` or when the source is collected (its own clean-up at interpreter exit aborts)."""
+    import gc
+
+    import audioread
+
+    opened = []
+    audio_open = audioread.audio_open
+
+    def tracked(path):
+        decoder = audio_open(path)
+        opened.append(decoder)
+        close = decoder.close
+        decoder.closed = False
+
+        def closing():
+            decoder.closed = True
+            close()
+
+        decoder.close = closing
+        return decoder
+
+    monkeypatch.setattr(audioread, "audio_open", tracked)
+    monkeypatch.setattr(audio_source, "_soundfile_info", lambda path: None)
+    source = AudioSource(files["8k"])
+    source.read(100_000, 200_000)
+    assert len(opened) == 3 and not opened[-1].closed  # the header, the statistics pass, this read
+    source.close()
+    assert all(d.closed for d in opened)
+    source.read(0, 1000)
+    del source
+    gc.collect()
+    assert len(opened) == 4 and all(d.closed for d in opened)
+
+
+def test_an_unreadable_file_of_another_format_is_refused_as_load_audio_refuses_it(tmp_path):
+    path = tmp_path / "noise.m4a"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(AudioLoadError) as whole:
+        load_audio(path)
+    with pytest.raises(AudioLoadError) as streamed:
+        AudioSource(path)
+    assert str(streamed.value).split(" (")[0] == str(whole.value).split(" (")[0]
+    assert "not a readable audio file" in str(streamed.value)
 
 
 def test_a_source_pickles_mid_read_and_reads_on(files):
