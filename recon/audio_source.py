@@ -48,8 +48,8 @@ peak RSS from ``wait4``, the figure ``/usr/bin/time -v`` prints, which gave the 
 * ``normalise(load_audio(path))``: peak RSS 3369 MB in 26.6 s.
 
 The streamed way decodes and resamples the file twice, yet was not slower here. The same hour as
-96 kbit/s AAC in an m4a (ffmpeg through audioread), the same way: 843 MB in 18.6 s streamed, 4417 MB
-in 26.0 s whole; 668 MB for a minute of it. The growth is audioread's: its ffmpeg reader queues
+96 kbit/s AAC in an m4a (``--m4a``: ffmpeg through audioread): 817 MB in 17.4 s streamed, 4307 MB
+in 22.8 s whole; 654 MB for a minute of it. The growth is audioread's: its ffmpeg reader queues
 whatever ffmpeg decodes ahead of the reads, without bound. On a file that long, torchaudio's
 whole-file resampler rounds its output length in float32 and gave one sample fewer (57 600 348)
 than the exact ``ceil`` length a block-wise read reaches (57 600 349).
