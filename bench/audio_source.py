@@ -2,7 +2,7 @@
 (statistics pass, then ``blocks`` of one 10.24 s segment) against ``load_audio`` + ``normalise``
 of the whole file.
 
-    python bench/audio_source.py [--minutes 60] [--rate 44100] [--channels 2] [--path /tmp/long.wav] [--m4a]
+    python bench/audio_source.py [--minutes 60] [--rate 44100] [--channels 2] [--path /tmp/long.wav] [--m4a] [--pause 0.1]
 
 Writes the file (16-bit wav of tones and noise; with ``--m4a`` that wav encoded by ffmpeg as 96 kbit/s
 AAC, a format soundfile cannot open) unless it exists, then runs each way in a fresh
@@ -36,8 +36,9 @@ def write_long(path: Path, minutes: float, rate: int, channels: int) -> None:
             f.write(block)
 
 
-def run_way(way: str, path: Path) -> None:
-    """Child process: read the file one way, print the samples' count and checksum."""
+def run_way(way: str, path: Path, pause: float = 0.0) -> None:
+    """Child process: read the file one way, print the samples' count and checksum; the stream way
+    waits ``pause`` seconds after each block, as infer.py waits on a forward pass."""
     import torch
 
     from recon.audio import load_audio, normalise
@@ -53,11 +54,13 @@ def run_way(way: str, path: Path) -> None:
         count, total = 0, 0.0
         for block in source.blocks(163840):
             count, total = count + block.numel(), total + float(block.double().sum())
+            time.sleep(pause)
     print(json.dumps({"samples": count, "sum": total, "seconds": time.perf_counter() - start}))
 
 
-def measure(way: str, path: Path) -> dict:
-    child = subprocess.Popen([sys.executable, __file__, "--way", way, "--path", str(path)], stdout=subprocess.PIPE, text=True)
+def measure(way: str, path: Path, pause: float = 0.0) -> dict:
+    child = subprocess.Popen([sys.executable, __file__, "--way", way, "--path", str(path), "--pause", str(pause)],
+                             stdout=subprocess.PIPE, text=True)
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     if status != 0:
@@ -73,12 +76,14 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=2, help="its channels (default: %(default)s)")
     parser.add_argument("--path", type=Path, default=None, help="the file (default: /tmp/audio_source_MINmin_RATE_CH.wav, written if missing)")
     parser.add_argument("--m4a", action="store_true", help="read the file as AAC in an m4a (needs the ffmpeg command)")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds the streaming reader waits after each 10.24 s block, as on a forward pass (default: %(default)s)")
     parser.add_argument("--way", choices=["whole", "stream"], help=argparse.SUPPRESS)  # the child processes
     args = parser.parse_args()
     wav = Path(f"/tmp/audio_source_{args.minutes:g}min_{args.rate}_{args.channels}.wav")
     path = args.path or (wav.with_suffix(".m4a") if args.m4a else wav)
     if args.way:
-        return run_way(args.way, path)
+        return run_way(args.way, path, args.pause)
     if not path.exists() and not args.m4a:
         write_long(path, args.minutes, args.rate, args.channels)
     elif not path.exists():
@@ -87,12 +92,12 @@ def main() -> None:
         if not wav.exists():
             write_long(wav, args.minutes, args.rate, args.channels)
         subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "96k", str(path)], check=True)
-    stream, whole = measure("stream", path), measure("whole", path)
+    stream, whole = measure("stream", path, args.pause), measure("whole", path)
     print(json.dumps({
-        "file": str(path), "minutes": args.minutes, "rate": args.rate, "channels": args.channels,
+        "file": str(path), "minutes": args.minutes, "rate": args.rate, "channels": args.channels, "pause_per_block_s": args.pause,
         "stream": stream, "whole": whole,
         "rss_ratio_stream_over_whole": stream["peak_rss_mb"] / whole["peak_rss_mb"],
-        "time_ratio_stream_over_whole": stream["seconds"] / whole["seconds"],
+        "time_ratio_stream_over_whole": stream["seconds"] / whole["seconds"],  # the pauses included
         # torchaudio rounds a whole file's resampled length in float32: an hour at 44.1 kHz comes out one short.
         "samples_difference": stream["samples"] - whole["samples"],
         "sum_difference": abs(stream["sum"] - whole["sum"]),

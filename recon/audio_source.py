@@ -48,16 +48,20 @@ peak RSS from ``wait4``, the figure ``/usr/bin/time -v`` prints, which gave the 
 * ``normalise(load_audio(path))``: peak RSS 3369 MB in 26.6 s.
 
 The streamed way decodes and resamples the file twice, yet was not slower here. The same hour as
-96 kbit/s AAC in an m4a (``--m4a``: ffmpeg through audioread): 817 MB in 17.4 s streamed, 4307 MB
-in 22.8 s whole; 654 MB for a minute of it. The growth is audioread's: its ffmpeg reader queues
-whatever ffmpeg decodes ahead of the reads, without bound. On a file that long, torchaudio's
-whole-file resampler rounds its output length in float32 and gave one sample fewer (57 600 348)
+96 kbit/s AAC in an m4a (``--m4a``; ffmpeg's own command through a pipe): 649 MB in 18.0 s
+streamed, 4314 MB in 25.6 s whole; with ``--pause 0.1`` (a reader slower than ffmpeg, as infer.py
+is) still 648 MB. Through audioread's ffmpeg reader, which queues what ffmpeg decodes without
+bound, it was 817 MB with no pause, and a slower reader would queue up to the whole decoded file.
+On a file that long, torchaudio's whole-file resampler rounds its output length in float32 and
+gave one sample fewer (57 600 348)
 than the exact ``ceil`` length a block-wise read reaches (57 600 349).
 """
 
 from __future__ import annotations
 
 import math
+import subprocess
+import tempfile
 import weakref
 from pathlib import Path
 from typing import Iterator
@@ -140,9 +144,52 @@ class _SourceFrames:
         return mono
 
 
+def _ffmpeg_command(decoder) -> str | None:
+    """The ffmpeg command audioread decodes with, when ``decoder`` (an open audioread file) is its
+    ffmpeg backend's; None for its other backends."""
+    from audioread.ffdec import FFmpegAudioFile
+
+    return decoder.proc.args[0] if isinstance(decoder, FFmpegAudioFile) else None
+
+
+class _FFmpegPipe:
+    """``ffmpeg -i PATH -f s16le -``, the command audioread's ffmpeg backend runs (so the same
+    bytes), read in the calling thread: the pipe holds ffmpeg back to what has been read. audioread
+    itself queues everything ffmpeg decodes, without bound, while its reader waits on a model."""
+
+    BLOCK_BYTES = 1 << 16
+
+    def __init__(self, command: str, path: Path):
+        self._errors = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen([command, "-nostdin", "-loglevel", "error", "-i", str(path), "-f", "s16le", "-"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._errors)
+        except OSError:
+            self._errors.close()
+            raise
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.proc.stdout.read(self.BLOCK_BYTES):
+            yield data
+        status = self.proc.wait()
+        if status != 0:
+            self._errors.seek(0)
+            message = " ".join(self._errors.read().decode(errors="replace").split())
+            raise RuntimeError(f"{self.proc.args[0]} exited with status {status}: {message[-300:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self._errors.close()
+
+
 class _DecodedFrames:
-    """Mono (mixed-down) frames of a file soundfile cannot open, ``[a, b)`` at a time, decoded by
-    audioread into the samples ``librosa.load`` gives (16-bit little-endian PCM over 32768).
+    """Mono (mixed-down) frames of a file soundfile cannot open, ``[a, b)`` at a time, decoded into
+    the samples ``librosa.load`` gives through audioread (16-bit little-endian PCM over 32768): by
+    the ffmpeg command audioread would run, read through a pipe (:class:`_FFmpegPipe`), where
+    audioread decodes with ffmpeg; by audioread itself otherwise.
 
     Front to back only (module docstring): frames before a read's start are dropped as they are
     decoded, so what is held is one read's frames and one decoded buffer, whatever the file's length.
@@ -152,17 +199,19 @@ class _DecodedFrames:
         self.path, self.mixdown = path, mixdown
         with self._open() as f:
             self.samplerate, self.channels = int(f.samplerate), int(f.channels)
+            self.ffmpeg = _ffmpeg_command(f)
         self._reset()
 
     def __getstate__(self):  # an open decoder does not pickle: decoding restarts on demand
-        return {"path": self.path, "mixdown": self.mixdown, "samplerate": self.samplerate, "channels": self.channels}
+        return {k: getattr(self, k) for k in ("path", "mixdown", "samplerate", "channels", "ffmpeg")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._reset()
 
     def _reset(self) -> None:
-        self._file, self._buffers, self._partial, self._closer = None, None, b"", None
+        self._decoder = self._buffers = self._closer = None
+        self._partial = b""
         self._start, self._mono = 0, torch.empty(0)  # the kept frames and the index of the first
 
     def close(self) -> None:
@@ -170,28 +219,34 @@ class _DecodedFrames:
             self._closer()  # closes the decoder, once
         self._reset()
 
+    def _unreadable(self, err: Exception) -> AudioLoadError:
+        return AudioLoadError(self.path, f"not a readable audio file ({type(err).__name__}: {err})")
+
     def _open(self):
         import audioread
 
         try:
             return audioread.audio_open(str(self.path))
         except Exception as err:  # audioread's backends raise their own error types
-            raise AudioLoadError(self.path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+            raise self._unreadable(err) from err
 
     def _decode(self) -> Tensor | None:
         """The next decoded buffer as mono frames; None at the end of the file."""
-        if self._file is None:
-            self._file = self._open()
-            self._buffers = iter(self._file)
-            # A decoder left open (an ffmpeg process and its reader threads) is closed when this
+        if self._buffers is None:
+            try:
+                decoder = _FFmpegPipe(self.ffmpeg, self.path) if self.ffmpeg else self._open()
+            except OSError as err:
+                raise self._unreadable(err) from err
+            self._decoder, self._buffers = decoder, iter(decoder)
+            # A decoder left open (a process, and audioread's reader threads) is closed when this
             # object goes, or at exit: audioread's own clean-up at interpreter shutdown aborts.
-            self._closer = weakref.finalize(self, self._file.close)
+            self._closer = weakref.finalize(self, decoder.close)
         try:
             data = self._partial + bytes(next(self._buffers))
         except StopIteration:
             return None
         except Exception as err:
-            raise AudioLoadError(self.path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+            raise self._unreadable(err) from err
         whole = len(data) - len(data) % (2 * self.channels)  # a frame split across buffers waits for the rest
         self._partial = data[whole:]
         frames = np.frombuffer(data[:whole], "<i2").astype(np.float32) * np.float32(1 / 32768)
@@ -202,15 +257,19 @@ class _DecodedFrames:
         if a < self._start:
             self.close()
         parts, end = [self._mono], self._start + self._mono.numel()
-        while end < b:
-            block = self._decode()
-            if block is None:
-                break
-            parts.append(block)
-            end += block.numel()
-            if end <= a:  # all before the read: dropped as it comes
-                parts = []
-        kept = torch.cat(parts) if parts else torch.empty(0)
+        try:
+            while end < b:
+                block = self._decode()
+                if block is None:
+                    break
+                parts.append(block)
+                end += block.numel()
+                if end <= a:  # all before the read: dropped as it comes
+                    parts = []
+        except BaseException:
+            self.close()  # the decoder has moved past the frames kept: a later read starts again
+            raise
+        kept = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.empty(0)
         first = end - kept.numel()  # <= a: the kept frames start at or before it, or none are left
         self._start, self._mono = a, kept[a - first :]
         return self._mono[: b - a]
@@ -220,7 +279,9 @@ class AudioSource:
     """One input file, read by offset as the normalised 16 kHz mono signal that ``load_audio`` +
     ``normalise`` give for the whole file (module docstring: how, and within what tolerance).
 
-    Attributes: ``path``; ``num_samples``, the 16 kHz length (``load_audio(path, spec).numel()``);
+    Attributes: ``path``; ``num_samples``, the 16 kHz length (``load_audio(path, spec).numel()``, but
+    for files of other rates past about 17 minutes, where torchaudio's float32 rounding of the whole
+    file's resampled length can make that a few samples shorter than the exact length given here);
     ``level``, :func:`~recon.audio.normalisation_gain` of the whole file.
     """
 

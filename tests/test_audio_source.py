@@ -135,15 +135,18 @@ def test_a_format_soundfile_cannot_open_is_decoded_front_to_back_and_read_the_sa
     blocks, held = [], []
     for block in source.blocks(163840):
         blocks.append(block)
-        held.append(source._frames._mono.numel())
+        held.append(source._frames._mono.untyped_storage().nbytes() // 4)  # the frames behind the kept view
     joined = torch.cat(blocks)
     assert joined.shape == reference.shape and (joined - reference).abs().max() <= READ_ATOL
-    # What it holds is about one read's frames at the file's rate, not the file (FILES: 120 s).
-    assert max(held) <= 163840 * rate // 16000 + 2 * rate // 100 + 20_000
+    # What it holds is about two reads' frames at the file's rate, not the file (FILES: 120 s).
+    one_read = 163840 * rate // 16000 + 2 * rate // 100 + 20_000
+    assert max(held) <= 2 * one_read
     # A read behind the last one decodes again from the start; a copy (a DataLoader worker's) reads on.
     assert (source.read(1000, 5000) - reference[1000:5000]).abs().max() <= READ_ATOL
     copy = pickle.loads(pickle.dumps(source))
     assert (copy.read(900_000, 1_000_000) - reference[900_000:1_000_000]).abs().max() <= READ_ATOL
+    # It decoded from the start to get there, dropping what lay before the read as it came.
+    assert copy._frames._mono.untyped_storage().nbytes() // 4 <= one_read
 
 
 def test_a_decoder_is_closed_by_close_or_when_its_source_goes(files, monkeypatch):
@@ -180,6 +183,81 @@ def test_a_decoder_is_closed_by_close_or_when_its_source_goes(files, monkeypatch
     del source
     gc.collect()
     assert len(opened) == 4 and all(d.closed for d in opened)
+
+
+FAKE_FFMPEG = """#!{python}
+import sys
+import soundfile as sf
+if {fail}:
+    sys.stderr.write("Invalid data found when processing input\\n")
+    sys.exit(1)
+data = sf.read(sys.argv[sys.argv.index("-i") + 1], dtype="int16", always_2d=True)[0].tobytes()
+with open({progress!r}, "w") as progress:
+    for i in range(0, len(data), 4096):
+        sys.stdout.buffer.write(data[i : i + 4096])
+        sys.stdout.buffer.flush()
+        progress.seek(0)
+        progress.write(str(i + 4096).ljust(12))
+        progress.flush()
+"""
+
+
+def fake_ffmpeg(folder: Path, fail: bool = False) -> tuple[str, Path]:
+    """A stand-in for the ffmpeg command (``-i PATH -f s16le -``): the file's 16-bit PCM on stdout,
+    4 kB at a time, each write recorded in a progress file; or a decoding error."""
+    import sys
+
+    progress = folder / "progress"
+    script = folder / ("ffmpeg-failing" if fail else "ffmpeg")
+    script.write_text(FAKE_FFMPEG.format(python=sys.executable, fail=fail, progress=str(progress)))
+    script.chmod(0o755)
+    return str(script), progress
+
+
+def test_an_ffmpeg_decoder_is_read_through_a_pipe_that_holds_it_back(files, tmp_path, monkeypatch):
+    """Where audioread would decode with ffmpeg, its command is run and read through a pipe: the
+    same frames, and ffmpeg can run ahead of the reads by no more than the pipe holds."""
+    import time
+
+    command, progress = fake_ffmpeg(tmp_path)
+    monkeypatch.setattr(audio_source, "_ffmpeg_command", lambda decoder: command)
+    path = files["44k_stereo"]
+    frames, reference = audio_source._DecodedFrames(path, "mean"), audio_source._SourceFrames(path, "mean")
+    assert frames.ffmpeg == command
+    assert torch.equal(frames.read(0, 44100), reference.read(0, 44100))
+    time.sleep(1.0)  # time enough for an unchecked decoder to write the whole 21 MB file
+    assert int(progress.read_text()) <= 44100 * 4 + (1 << 20)  # what was read, plus at most the pipe's buffers
+    assert torch.equal(frames.read(2_000_000, 2_100_000), reference.read(2_000_000, 2_100_000))
+    assert frames.read(120 * 44100 - 10, 120 * 44100 + 10).numel() == 10
+    decoder = frames._decoder
+    frames.close()
+    assert decoder.proc.poll() is not None  # the process is gone
+
+    monkeypatch.setattr(audio_source, "_soundfile_info", lambda path: None)
+    source = AudioSource(path)
+    assert (torch.cat(list(source.blocks(163840))) - normalise(load_audio(path))).abs().max() <= READ_ATOL
+
+    failing, _ = fake_ffmpeg(tmp_path, fail=True)
+    monkeypatch.setattr(audio_source, "_ffmpeg_command", lambda decoder: failing)
+    with pytest.raises(AudioLoadError, match="exited with status 1: Invalid data found when processing input"):
+        AudioSource(path)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs the ffmpeg command")
+def test_a_real_m4a_streams_to_what_librosa_decodes_whole(files, tmp_path, single_thread):
+    import subprocess
+
+    path = tmp_path / "clip.m4a"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-t", "30", "-i", str(files["44k_stereo"]), "-c:a", "aac", str(path)], check=True)
+    whole = load_audio(path)  # librosa, through audioread's ffmpeg backend
+    source = AudioSource(path)
+    joined = torch.cat(list(source.blocks(163840)))
+    decoder = source._frames._decoder
+    assert isinstance(decoder, audio_source._FFmpegPipe)  # ffmpeg's command through a pipe, not audioread's reader
+    source.close()
+    assert decoder.proc.poll() is not None  # the process is gone
+    assert joined.shape == whole.shape and (joined - normalise(whole)).abs().max() <= READ_ATOL
+    assert source.level == pytest.approx(normalisation_gain(whole), rel=LEVEL_RTOL)
 
 
 def test_an_unreadable_file_of_another_format_is_refused_as_load_audio_refuses_it(tmp_path):

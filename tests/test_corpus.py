@@ -77,18 +77,20 @@ def test_the_perceptual_backlog_is_bounded_and_pushes_back(tmp_path, monkeypatch
     from concurrent.futures import ThreadPoolExecutor
 
     gate = threading.Event()
-    monkeypatch.setattr(M, "perceptual_scores", lambda ref, est, label, names: gate.wait(10) and {"pesq_wb": 1.0, "stoi": 1.0})
+    monkeypatch.setattr(M, "perceptual_scores", lambda ref, est, label, names: gate.wait(60) and {"pesq_wb": 1.0, "stoi": 1.0})
     writer = ResultWriter(tmp_path, RunInfo([VARIANTS["vae_mode"]], {}), perceptual=True, perceptual_backlog=2)
     writer._pool = ThreadPoolExecutor(1)  # a stand-in for the worker processes
     progress = []
     thread = threading.Thread(target=lambda: [writer.write(host_result(i)) or progress.append(i) for i in range(6)])
     thread.start()
-    deadline = time.monotonic() + 30  # however slow the machine: wait for the third file to be handed in
-    while len(writer._pending) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)  # then give it time to return, which it must not
-    assert progress == [0, 1] and len(writer._pending) == 3 and writer.committed == 0  # blocked on the third file
-    gate.set()
+    try:
+        deadline = time.monotonic() + 30  # however slow the machine: wait for the third file to be handed in
+        while len(writer._pending) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # then give it time to return, which it must not
+        assert progress == [0, 1] and len(writer._pending) == 3 and writer.committed == 0  # blocked on the third file
+    finally:
+        gate.set()
     thread.join(10)
     writer._commit_ready(0)
     assert progress == list(range(6)) and writer.committed == 6

@@ -109,11 +109,12 @@ def test_the_report_shows_an_excerpt_of_a_long_file(streamed):
 
 
 def test_a_streamed_file_is_read_a_forward_pass_at_a_time(inputs, tmp_path, monkeypatch, single_thread):
-    spans = []
+    spans, starts = [], []
     original = AudioSource.read
 
     def recording(self, start, stop):
         spans.append(stop - start)
+        starts.append(start)
         return original(self, start, stop)
 
     def refuse(*args, **kwargs):
@@ -123,6 +124,7 @@ def test_a_streamed_file_is_read_a_forward_pass_at_a_time(inputs, tmp_path, monk
     monkeypatch.setattr("recon.predict.crossfade_join", refuse)
     assert infer.main(["--input", str(inputs / "long16k.wav"), "--output", str(tmp_path / "out"), *ARGS, "--stream-above", STREAM_ABOVE]) == 0
     assert spans and max(spans) <= BATCH * SEGMENT  # a forward pass of windows at a time, never the file
+    assert starts == sorted(starts)  # front to back: a decoder that cannot seek never starts again
     assert read(tmp_path / "out" / "vae_mode" / "long16k.wav").size == round(25.0 * 16000)
 
 
