@@ -97,6 +97,11 @@ def _soundfile_info(path: Path):
         return None
 
 
+def undecodable(path: Path, err: Exception) -> AudioLoadError:
+    """The error for a file no decoder could read (soundfile failed, then librosa's audioread)."""
+    return AudioLoadError(path, f"not a readable audio file ({type(err).__name__}: {err})")
+
+
 def audio_duration(path: str | Path) -> float:
     """Duration in seconds from the header, decoding (librosa) only when soundfile cannot read it."""
     path = Path(path)
@@ -106,7 +111,7 @@ def audio_duration(path: str | Path) -> float:
     try:
         return float(librosa.get_duration(path=str(path)))
     except Exception as err:  # librosa surfaces many backend-specific error types
-        raise AudioLoadError(path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+        raise undecodable(path, err) from err
 
 
 def _read_file(path: Path, start_seconds: float = 0.0, seconds: float | None = None) -> tuple[np.ndarray, int]:
@@ -124,7 +129,7 @@ def _read_file(path: Path, start_seconds: float = 0.0, seconds: float | None = N
     try:
         data, sr = librosa.load(str(path), sr=None, mono=False, offset=start_seconds, duration=seconds)
     except Exception as err:  # librosa surfaces many backend-specific error types
-        raise AudioLoadError(path, f"not a readable audio file ({type(err).__name__}: {err})") from err
+        raise undecodable(path, err) from err
     data = np.atleast_2d(data).astype(np.float32)
     return data, int(sr)
 

@@ -53,8 +53,8 @@ streamed, 4314 MB in 25.6 s whole; with ``--pause 0.1`` (a reader slower than ff
 is) still 648 MB. Through audioread's ffmpeg reader, which queues what ffmpeg decodes without
 bound, it was 817 MB with no pause, and a slower reader would queue up to the whole decoded file.
 On a file that long, torchaudio's whole-file resampler rounds its output length in float32 and
-gave one sample fewer (57 600 348)
-than the exact ``ceil`` length a block-wise read reaches (57 600 349).
+gave one sample fewer (57 600 348) than the exact ``ceil`` length a block-wise read reaches
+(57 600 349).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ from .audio import (
     require_finite,
     require_samples,
     resampler,
+    undecodable,
 )
 
 READ_ATOL = 5e-7  # measured max 2.4e-7 (module docstring)
@@ -219,16 +220,13 @@ class _DecodedFrames:
             self._closer()  # closes the decoder, once
         self._reset()
 
-    def _unreadable(self, err: Exception) -> AudioLoadError:
-        return AudioLoadError(self.path, f"not a readable audio file ({type(err).__name__}: {err})")
-
     def _open(self):
         import audioread
 
         try:
             return audioread.audio_open(str(self.path))
         except Exception as err:  # audioread's backends raise their own error types
-            raise self._unreadable(err) from err
+            raise undecodable(self.path, err) from err
 
     def _decode(self) -> Tensor | None:
         """The next decoded buffer as mono frames; None at the end of the file."""
@@ -236,7 +234,7 @@ class _DecodedFrames:
             try:
                 decoder = _FFmpegPipe(self.ffmpeg, self.path) if self.ffmpeg else self._open()
             except OSError as err:
-                raise self._unreadable(err) from err
+                raise undecodable(self.path, err) from err
             self._decoder, self._buffers = decoder, iter(decoder)
             # A decoder left open (a process, and audioread's reader threads) is closed when this
             # object goes, or at exit: audioread's own clean-up at interpreter shutdown aborts.
@@ -246,7 +244,7 @@ class _DecodedFrames:
         except StopIteration:
             return None
         except Exception as err:
-            raise self._unreadable(err) from err
+            raise undecodable(self.path, err) from err
         whole = len(data) - len(data) % (2 * self.channels)  # a frame split across buffers waits for the rest
         self._partial = data[whole:]
         frames = np.frombuffer(data[:whole], "<i2").astype(np.float32) * np.float32(1 / 32768)
